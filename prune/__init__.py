@@ -1,0 +1,57 @@
+"""Pruning methods behind one interface, training with masks, and compact export.
+
+Methods register by name (``METHODS``); a study spec picks them by that name and the method's
+``hparams`` table validates its config and builds its search space.
+"""
+
+import torch as _torch
+
+# Pruned weights get zero gradients, so their optimiser state decays into denormal floats,
+# which are ~100x slower on CPUs. Flush-to-zero is per thread, and threads inherit it from
+# their creator (POSIX), so it is set here, before torch's intra-op pool usually starts.
+_torch.set_flush_denormal(True)
+
+from prunetune.prune import dense as _dense  # noqa: F401  (registers "none")
+from prunetune.prune import gumbel as _gumbel  # noqa: F401  (registers "gumbel")
+from prunetune.prune._base import (
+    METHODS,
+    Mask,
+    PruneContext,
+    PruningMethod,
+    get_method,
+    make_method,
+    register_method,
+)
+from prunetune.prune._hparams import Choice, Float, HParamTable, Int, validate_config
+from prunetune.prune._masking import FixedMask, attach_fixed_masks, fixed_masks, remove_masks
+from prunetune.prune._topology import Layer, prunable_layers
+from prunetune.prune._train import TrainConfig, TrainResult, evaluate, train
+from prunetune.prune.export import ExportResult, count_params, export_compact
+
+__all__ = [
+    "METHODS",
+    "Choice",
+    "ExportResult",
+    "FixedMask",
+    "Float",
+    "HParamTable",
+    "Int",
+    "Layer",
+    "Mask",
+    "PruneContext",
+    "PruningMethod",
+    "TrainConfig",
+    "TrainResult",
+    "attach_fixed_masks",
+    "count_params",
+    "evaluate",
+    "export_compact",
+    "fixed_masks",
+    "get_method",
+    "make_method",
+    "prunable_layers",
+    "register_method",
+    "remove_masks",
+    "train",
+    "validate_config",
+]

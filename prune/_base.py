@@ -1,0 +1,123 @@
+"""The pruning-method interface and the registry that a study spec picks methods from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from prunetune.prune._hparams import HParamTable, validate_config
+from prunetune.prune._topology import Layer
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Hard 0/1 masks of one prunable layer: ``weight`` has the weight's shape, ``bias`` is
+    per output unit (``None`` when the bias is not masked)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+@dataclass
+class PruneContext:
+    """What a method may use while attaching and training.
+
+    Attributes:
+        layers: the model's prunable layers, in order.
+        input_shape: shape of one input sample.
+        epochs: total training epochs.
+        steps_per_epoch: optimiser steps per epoch.
+        sample_batch: returns a training batch ``(x, y)`` of the given size (for methods that
+            score weights on data, e.g. SNIP).
+        loss_fn: the training loss ``loss_fn(logits, y)``.
+        seed: the trial's seed.
+    """
+
+    layers: list[Layer]
+    input_shape: tuple[int, ...]
+    epochs: int
+    steps_per_epoch: int
+    sample_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class PruningMethod(ABC):
+    """A pruning method: learns or scores masks; ``prunetune.prune.export`` does the surgery.
+
+    Lifecycle, driven by :func:`prunetune.prune.train`: ``attach`` once before training, then
+    per epoch ``on_epoch_start``, per optimiser step ``penalty`` (added to the loss) and
+    ``on_step``, and ``on_epoch_end``. ``masks`` returns the current hard masks at any time.
+
+    Subclasses set ``name`` (the registry key a study spec uses) and ``hparams`` (the one table
+    that validates configs and builds the search space).
+    """
+
+    name: ClassVar[str]
+    hparams: ClassVar[HParamTable]
+
+    def __init__(self, **config: Any) -> None:
+        self.config = validate_config(self.hparams, config, where="method")
+
+    @abstractmethod
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        """Attach masks to ``model`` (parametrizations) before training."""
+
+    @abstractmethod
+    def masks(self) -> dict[str, Mask]:
+        """The current hard masks, keyed by the prunable layer's name."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Extra optimiser parameter groups (e.g. mask logits with their own learning rate)."""
+        return []
+
+    def penalty(self) -> torch.Tensor | None:
+        """A term added to the training loss at each step, or None."""
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called before each epoch (0-based)."""
+
+    def on_step(self, step: int) -> None:  # noqa: B027 - optional hook
+        """Called after each optimiser step (global step count, 1-based)."""
+
+    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called after each epoch (0-based); methods may prune or rewind here."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging per epoch (temperature, penalty, ...)."""
+        return {}
+
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator: make a method selectable by ``cls.name``."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"A pruning method named {cls.name!r} is already registered.")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    if name not in METHODS:
+        raise ValueError(f"method.name must be one of {sorted(METHODS)}, but got {name!r}.")
+    return METHODS[name]
+
+
+def make_method(config: Mapping[str, Any]) -> PruningMethod:
+    """Build a method from ``{"name": ..., **hyperparameters}``."""
+    cfg = dict(config)
+    name = cfg.pop("name", None)
+    return get_method(name)(**cfg)

@@ -1,0 +1,271 @@
+"""Pruning by gradient descent with Gumbel-softmax masks.
+
+Zhang, Tao & Zhang (2023), "Neural Network Pruning by Gradient Descent", arXiv:2311.12526.
+Each weight (granularity ``weight``) or each hidden neuron / conv channel (granularity
+``neuron``) has a learnable keep/drop logit θ. A two-class Gumbel-softmax over
+(keep, drop) logits (θ, 0) is a binary concrete variable: ``y = σ((θ + L) / τ)`` with logistic
+noise ``L = log u − log(1 − u)``. Training uses the straight-through hard mask
+``1[θ + L > 0]`` in the forward pass and the gradient of ``y`` backward; evaluation uses the
+deterministic mask ``1[θ > 0]``. A sparsity penalty on the expected kept-parameter fraction
+(``P(keep) = σ(θ)``) pushes logits down; the temperature τ is annealed by a schedule.
+
+Example:
+    >>> from prunetune.prune import make_method
+    >>> method = make_method({"name": "gumbel", "lam": 2.0, "granularity": "weight"})
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunetune.prune._base import Mask, PruneContext, PruningMethod, register_method
+from prunetune.prune._hparams import Choice, Float, HParamTable
+from prunetune.prune._topology import Layer, raw_bias, raw_weight
+
+SCHEDULES = ("constant", "linear", "exponential", "cosine")
+
+
+def temperature(schedule: str, tau_start: float, tau_end: float, progress: float) -> float:
+    """Temperature at ``progress`` ∈ [0, 1] of the annealing window."""
+    t = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return tau_start
+    if schedule == "linear":
+        return tau_start + (tau_end - tau_start) * t
+    if schedule == "exponential":
+        return tau_start * (tau_end / tau_start) ** t
+    if schedule == "cosine":
+        return tau_end + (tau_start - tau_end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"schedule must be one of {list(SCHEDULES)}, but got {schedule!r}.")
+
+
+class _HardConcrete(torch.autograd.Function):
+    """Straight-through binary concrete sample, fused to keep the mask overhead small.
+
+    Forward: ``1[θ + L > 0]``; backward: ``∂σ((θ + L)/τ)/∂θ = y (1 − y) / τ``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        u = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
+        z = logits + torch.log(u) - torch.log1p(-u)  # θ + logistic noise
+        ctx.save_for_backward(z)
+        ctx.tau = tau
+        return (z > 0).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        y = torch.sigmoid(z / ctx.tau)
+        return grad * y * (1.0 - y) / ctx.tau, None
+
+
+class GumbelGate(nn.Module):
+    """Keep/drop logits of one layer; samples in training, thresholds in evaluation."""
+
+    def __init__(self, shape: tuple[int, ...], init_logit: float) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.full(shape, init_logit))
+        self.tau = 1.0
+        self._sample: torch.Tensor | None = None
+
+    def sample(self) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            self._sample = _HardConcrete.apply(self.logits, self.tau)
+        else:
+            self._sample = (self.logits > 0).to(self.logits.dtype)
+        return self._sample
+
+    def hard(self) -> torch.Tensor:
+        return (self.logits.detach() > 0).to(self.logits.dtype)
+
+    def keep_prob(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+
+class _WeightMask(nn.Module):
+    """Parametrization of ``weight``: samples the gate (shared with the bias for neurons)."""
+
+    def __init__(self, gate: GumbelGate, neuron: bool, weight_dim: int) -> None:
+        super().__init__()
+        self.gate = gate
+        self.view = (-1,) + (1,) * (weight_dim - 1) if neuron else None
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        m = self.gate.sample()
+        return w * (m.view(self.view) if self.view else m)
+
+
+class _BiasMask(nn.Module):
+    """Parametrization of ``bias`` for neuron gates: reuses the sample drawn for the weight
+    (``nn.Linear``/``nn.Conv2d`` read ``weight`` before ``bias`` in ``forward``)."""
+
+    def __init__(self, gate: GumbelGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        m = self.gate._sample if self.gate._sample is not None else self.gate.sample()
+        return b * m
+
+
+@register_method
+class GumbelPruning(PruningMethod):
+    """Gumbel-softmax masks learned jointly with the weights (Zhang, Tao & Zhang 2023)."""
+
+    name = "gumbel"
+    hparams: ClassVar[HParamTable] = {
+        "granularity": Choice(
+            ("weight", "neuron"), "weight", help="one gate per weight or per hidden neuron/channel"
+        ),
+        "schedule": Choice(SCHEDULES, "exponential", help="temperature annealing schedule"),
+        "tau_start": Float(0.05, 10.0, 1.0, log=True, help="temperature at the start"),
+        "tau_end": Float(0.01, 10.0, 0.1, log=True, help="temperature at the end of annealing"),
+        "anneal_fraction": Float(0.05, 1.0, 1.0, help="fraction of training over which τ anneals"),
+        "penalty": Choice(
+            ("density", "target"), "density", help="λ·E[density] or λ·|E[density] − target|"
+        ),
+        "lam": Float(1e-4, 1e3, 1.0, log=True, help="sparsity penalty weight λ"),
+        "target_density": Float(
+            1e-4, 1.0, 0.01, log=True, help="target kept fraction (penalty 'target')"
+        ),
+        "warmup_epochs": Float(
+            0.0, 100.0, 0.0, help="epochs over which λ ramps up linearly from 0"
+        ),
+        "logit_lr": Float(1e-4, 1.0, 0.05, log=True, help="learning rate of the mask logits"),
+        "init_keep_prob": Float(0.5, 0.999, 0.9, help="initial keep probability σ(θ₀)"),
+    }
+
+    def attach(self, model: nn.Module, ctx: PruneContext) -> None:
+        c = self.config
+        self.ctx = ctx
+        self._layers = ctx.layers
+        init = math.log(c["init_keep_prob"] / (1.0 - c["init_keep_prob"]))
+        self.neuron = c["granularity"] == "neuron"
+        self.gates: dict[str, GumbelGate] = {}
+        self.dense_count = 0
+        for i, layer in enumerate(self._layers):
+            w = raw_weight(layer.module)
+            self.dense_count += w.numel() + (
+                layer.out_units if raw_bias(layer.module) is not None else 0
+            )
+            last = i == len(self._layers) - 1
+            if self.neuron and last:
+                continue  # output units are never pruned
+            shape = (layer.out_units,) if self.neuron else tuple(w.shape)
+            gate = GumbelGate(shape, init).to(w.device)
+            parametrize.register_parametrization(
+                layer.module, "weight", _WeightMask(gate, self.neuron, w.dim()), unsafe=True
+            )
+            if self.neuron and raw_bias(layer.module) is not None:
+                parametrize.register_parametrization(
+                    layer.module, "bias", _BiasMask(gate), unsafe=True
+                )
+            self.gates[layer.name] = gate
+        self._step = 0
+        self._epoch = 0
+        self._set_tau(0)
+
+    # -- schedule -----------------------------------------------------------------------------
+    def _set_tau(self, step: int) -> None:
+        c = self.config
+        window = max(1, round(c["anneal_fraction"] * self.ctx.total_steps))
+        self.tau = temperature(c["schedule"], c["tau_start"], c["tau_end"], step / window)
+        for g in self.gates.values():
+            g.tau = self.tau
+
+    def on_step(self, step: int) -> None:
+        self._step = step
+        self._set_tau(step)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def lam_now(self) -> float:
+        warm = self.config["warmup_epochs"]
+        if warm <= 0:
+            return self.config["lam"]
+        progress = self._step / max(1, self.ctx.steps_per_epoch) / warm
+        return self.config["lam"] * min(1.0, progress)
+
+    # -- penalty ------------------------------------------------------------------------------
+    def expected_params(self) -> torch.Tensor:
+        """E[kept weights + biases of live units] under the current keep probabilities."""
+        total = torch.zeros((), device=next(iter(self.gates.values())).logits.device)
+        prev_units: torch.Tensor | None = None  # E[# live units] of the previous layer
+        n = len(self._layers)
+        for i, layer in enumerate(self._layers):
+            w = raw_weight(layer.module)
+            has_bias = raw_bias(layer.module) is not None
+            gate = self.gates.get(layer.name)
+            if self.neuron:
+                per_unit_in = w[0].numel() // layer.in_units  # kernel size × repeat
+                q = (
+                    gate.keep_prob()
+                    if gate is not None
+                    else torch.ones(layer.out_units, device=w.device)
+                )
+                inputs = (
+                    prev_units if prev_units is not None else torch.tensor(float(layer.in_units))
+                )
+                total = total + q.sum() * inputs * per_unit_in + (q.sum() if has_bias else 0.0)
+                prev_units = q.sum()
+            else:
+                total = total + gate.keep_prob().sum()
+                if has_bias:
+                    if i == n - 1:
+                        total = total + layer.out_units
+                    else:  # P(unit has ≥ 1 kept incoming weight)
+                        log_none = nn.functional.logsigmoid(-gate.logits).flatten(1).sum(1)
+                        total = total + (1.0 - torch.exp(log_none)).sum()
+        return total
+
+    def penalty(self) -> torch.Tensor:
+        density = self.expected_params() / self.dense_count
+        self._last_density = float(density.detach())
+        if self.config["penalty"] == "target":
+            density = (density - self.config["target_density"]).abs()
+        return self.lam_now() * density
+
+    # -- masks --------------------------------------------------------------------------------
+    def masks(self) -> dict[str, Mask]:
+        out = {}
+        for layer in self._layers:
+            w = raw_weight(layer.module)
+            gate = self.gates.get(layer.name)
+            if gate is None:
+                out[layer.name] = Mask(weight=torch.ones_like(w).detach())
+            elif self.neuron:
+                h = gate.hard()
+                out[layer.name] = Mask(
+                    weight=h.view((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone(), bias=h.clone()
+                )
+            else:
+                out[layer.name] = Mask(weight=gate.hard().clone())
+        return out
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": [g.logits for g in self.gates.values()],
+                "lr": self.config["logit_lr"],
+                "weight_decay": 0.0,
+                "name": "mask_logits",
+            }
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "temperature": float(self.tau),
+            "lambda": float(self.lam_now()),
+            "expected_density": float(getattr(self, "_last_density", float("nan"))),
+        }
+
+
+def gate_layers(layers: list[Layer]) -> list[str]:
+    return [layer.name for layer in layers]

@@ -1,0 +1,191 @@
+"""The ``prunetune`` command line: ``prunetune train|methods|search|pareto|register|fetch|ui``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunetune.search._errors import ConfigError
+
+app = typer.Typer(
+    help="AutoML search in which neural-network pruning is the hyperparameter space.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+EXIT_CONFIG = 2
+
+
+def _fail(msg: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _parse_value(text: str) -> Any:
+    """``KEY=VALUE`` values: YAML scalars (numbers, booleans, lists) else strings."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _widths(text: str | None, field: str) -> list[int] | None:
+    if text is None:
+        return None
+    if text.strip() == "":
+        return []
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise _fail(
+            f"{field} must be comma-separated integers like 300,100, but got {text!r}."
+        ) from None
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist")] = "digits",
+    data_dir: Annotated[Path | None, typer.Option(help="directory of IDX files")] = None,
+    model: Annotated[str, typer.Option(help="model family: mlp | lenet5 | cnn")] = "mlp",
+    widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 300,100")] = None,
+    channels: Annotated[str | None, typer.Option(help="conv channels, e.g. 6,16")] = None,
+    activation: Annotated[str, typer.Option(help="relu | silu | tanh | gelu")] = "relu",
+    method: Annotated[
+        str, typer.Option(help="pruning method (see `prunetune methods`)")
+    ] = "gumbel",
+    opt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--opt", "-o", help="method hyperparameter KEY=VALUE (repeatable), e.g. -o lam=0.5"
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
+    lr: Annotated[float, typer.Option(help="weight learning rate")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam | adamw | sgd")] = "adam",
+    seed: Annotated[int, typer.Option(help="seed (weights, shuffling, mask noise)")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:N]")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object, nothing else")
+    ] = False,
+) -> None:
+    """Train and prune one configuration (no search); print accuracy and kept parameters."""
+    from prunetune.search.trial import parse_config, run_trial
+
+    method_cfg: dict[str, Any] = {"name": method}
+    for item in opt or []:
+        if "=" not in item:
+            raise _fail(f"--opt must be KEY=VALUE, but got {item!r}.")
+        k, v = item.split("=", 1)
+        method_cfg[k.strip()] = _parse_value(v)
+    model_cfg: dict[str, Any] = {"family": model, "activation": activation}
+    if (w := _widths(widths, "--widths")) is not None:
+        model_cfg["widths"] = w
+    elif model == "mlp":
+        model_cfg["widths"] = [64, 32] if dataset == "digits" else [300, 100]
+    elif model == "lenet5":
+        model_cfg["widths"] = [120, 84]
+    if (c := _widths(channels, "--channels")) is not None:
+        model_cfg["channels"] = c
+    raw = {
+        "dataset": dataset,
+        "data_dir": str(data_dir) if data_dir else None,
+        "model": model_cfg,
+        "method": method_cfg,
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "optimizer": optimizer,
+            "seed": seed,
+        },
+        "device": device,
+        "threads": threads,
+    }
+    try:
+        cfg = parse_config(raw)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+
+    def report(row: dict[str, float]) -> None:
+        if as_json:
+            return
+        acc = row.get("val_accuracy", row.get("val_loss"))
+        extra = "".join(
+            f"  {k}={row[k]:.4g}" for k in ("temperature", "expected_density") if k in row
+        )
+        console.print(
+            f"epoch {int(row['epoch']):>3}/{epochs}  loss={row['loss']:.4f}  "
+            f"val={acc:.4f}  density={row.get('density', float('nan')):.4%}{extra}",
+            highlight=False,
+        )
+
+    try:
+        out = run_trial(cfg, report)
+    except (FileNotFoundError, ConfigError, ValueError) as e:
+        raise _fail(str(e), 1) from None
+    m = out.metrics
+    if as_json:
+        keys = (
+            "val_accuracy",
+            "test_accuracy",
+            "val_loss",
+            "test_loss",
+            "params",
+            "params_dense",
+            "density",
+            "live_neurons",
+            "seconds",
+        )
+        print(json.dumps({k: m[k] for k in keys if k in m}))
+        return
+    table = Table(title="result", show_header=False)
+    for k in ("val_accuracy", "test_accuracy", "val_loss", "test_loss"):
+        if k in m:
+            table.add_row(k, f"{m[k]:.4f}")
+    table.add_row("params", f"{m['params']:,} of {m['params_dense']:,}")
+    table.add_row("density", f"{m['density']:.4%}")
+    table.add_row("live neurons", str(m["live_neurons"]))
+    table.add_row("train seconds", f"{m['seconds']:.1f}")
+    Console().print(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the pruning methods and their hyperparameters (ranges and defaults)."""
+    from prunetune.prune import METHODS
+    from prunetune.prune._hparams import describe
+
+    out = Console()
+    for name, cls in sorted(METHODS.items()):
+        table = Table(
+            title=f"{name} — {(cls.__doc__ or '').strip().splitlines()[0]}", title_justify="left"
+        )
+        for col in ("hyperparameter", "range", "default", "meaning"):
+            table.add_column(col)
+        for row in describe(cls.hparams):
+            table.add_row(row["name"], row["range"], str(row["default"]), row["help"])
+        out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

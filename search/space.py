@@ -1,0 +1,85 @@
+"""Study spec → Optuna define-by-run search space, conditional on the pruning method.
+
+Optuna first samples ``method`` (when the spec lists several), then only that method's
+hyperparameters, each named ``"<method>.<hyperparameter>"`` so that methods never share a
+distribution. Ranges come from the method's own table (validated in ``spec``), including its
+log scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunetune.prune import METHODS
+from prunetune.prune._hparams import Choice, Float, Int, Param
+from prunetune.search.spec import TRAIN_TABLE, ValidatedSpec
+
+
+def _suggest(trial: Any, name: str, param: Param, rng: tuple[Any, ...]) -> Any:
+    if isinstance(param, Choice):
+        return rng[0] if len(rng) == 1 else trial.suggest_categorical(name, list(rng))
+    if len(rng) == 1 or rng[0] == rng[1]:
+        return rng[0]
+    if isinstance(param, Int):
+        return trial.suggest_int(name, rng[0], rng[1], log=param.log)
+    assert isinstance(param, Float)
+    return trial.suggest_float(name, rng[0], rng[1], log=param.log)
+
+
+def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
+    """Sample one trial config (a ``TrialConfig`` mapping) from ``trial``.
+
+    ``trial`` is an ``optuna.Trial`` (or anything with its ``suggest_*`` methods).
+    Hyperparameters a spec does not mention keep the method's default.
+    """
+    spec = vspec.spec
+    names = list(vspec.method_ranges)
+    method = names[0] if len(names) == 1 else trial.suggest_categorical("method", names)
+    table = METHODS[method].hparams
+    hp = {
+        k: _suggest(trial, f"{method}.{k}", table[k], rng)
+        for k, rng in vspec.method_ranges[method].items()
+    }
+
+    m = spec.model
+    lo, hi = m.bounds("depth")
+    depth = lo if lo == hi else trial.suggest_int("model.depth", lo, hi)
+    wlo, whi = m.bounds("width")
+    widths = [
+        wlo if wlo == whi else trial.suggest_int(f"model.width_{i}", wlo, whi, log=m.width_log)
+        for i in range(depth)
+    ]
+    acts = (m.activation,) if isinstance(m.activation, str) else m.activation
+    activation = (
+        acts[0] if len(acts) == 1 else trial.suggest_categorical("model.activation", list(acts))
+    )
+    train = {
+        k: _suggest(trial, f"train.{k}", TRAIN_TABLE[k], rng)
+        for k, rng in vspec.train_ranges.items()
+    }
+    return {
+        "dataset": spec.dataset,
+        "data_dir": spec.data_dir,
+        "model": {
+            "family": m.family,
+            "widths": widths,
+            "channels": list(m.channels),
+            "activation": activation,
+        },
+        "method": {"name": method, **hp},
+        "train": {**train, "epochs": spec.train.epochs, "seed": spec.train.seed},
+    }
+
+
+def make_sampler(vspec: ValidatedSpec) -> Any:
+    """The Optuna sampler named by ``search.sampler``, seeded by ``search.seed``."""
+    import optuna
+
+    s = vspec.spec.search
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed)
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    return optuna.samplers.RandomSampler(seed=s.seed)

@@ -1,0 +1,276 @@
+"""Study specs: YAML in ``studies/`` → a typed, frozen :class:`StudySpec`.
+
+Every range is checked against the hyperparameter table of the method or training option it
+belongs to, so a spec cannot ask for a value the trial would reject. Errors are
+:class:`~prunetune.search._errors.ConfigError` naming the field path and the bad value; loading
+a spec creates nothing on disk.
+
+Example:
+    >>> from prunetune.search.spec import load_spec
+    >>> spec = load_spec("studies/quickstart.yaml")
+    >>> spec.search.sampler
+    'nsga2'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prunetune.search._errors import ConfigError, format_pydantic
+
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+
+# Training options a spec may search, with the values a trial accepts (one table; the spec's
+# ranges are checked against it, the search space samples within it).
+from prunetune.prune._hparams import Choice, Float, Int, check_range  # noqa: E402
+
+TRAIN_TABLE = {
+    "lr": Float(1e-5, 1.0, 1e-3, log=True, help="weight learning rate"),
+    "batch_size": Int(1, 1 << 16, 128, help="samples per step"),
+    "optimizer": Choice(("adam", "adamw", "sgd"), "adam", help="optimiser"),
+    "weight_decay": Float(0.0, 1.0, 0.0, help="weight decay"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpace(_Strict):
+    family: Literal["mlp", "lenet5", "cnn"] = "mlp"
+    depth: tuple[int, int] | int = Field(
+        (1, 2), description="number of hidden FC layers [min, max]"
+    )
+    width: tuple[int, int] | int = Field((16, 128), description="per-layer width [min, max]")
+    width_log: bool = True
+    channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5), fixed")
+    activation: tuple[str, ...] | str = "relu"
+
+    @field_validator("depth", "width")
+    @classmethod
+    def _range(cls, v: Any) -> Any:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1:
+            raise ValueError(f"must be >= 1, got {lo}")
+        if lo > hi:
+            raise ValueError(f"`low <= high` must hold, got [{lo}, {hi}]")
+        return v
+
+    @field_validator("activation")
+    @classmethod
+    def _act(cls, v: Any) -> Any:
+        from prunetune.models import ACTIVATIONS
+
+        for a in (v,) if isinstance(v, str) else v:
+            if a not in ACTIVATIONS:
+                raise ValueError(f"must be among {sorted(ACTIVATIONS)}, got {a!r}")
+        if not isinstance(v, str) and not v:
+            raise ValueError("must list at least one activation")
+        return v
+
+    def bounds(self, name: str) -> tuple[int, int]:
+        v = getattr(self, name)
+        return (v, v) if isinstance(v, int) else (v[0], v[1])
+
+
+class TrainSpace(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int | list[int] = 128
+    lr: float | list[float] = 1e-3
+    optimizer: str | list[str] = "adam"
+    weight_decay: float | list[float] = 0.0
+    seed: int = Field(0, ge=0, description="training seed shared by every trial")
+
+
+class Objectives(_Strict):
+    accuracy: Literal["val_accuracy"] = "val_accuracy"
+    size: Literal["params"] = "params"
+    min_val_accuracy: float | None = Field(None, ge=0, le=1, description="floor for 'smallest'")
+    reference_point: tuple[float, float] | None = Field(
+        None, description="hypervolume reference (val_accuracy, params); default (0, params_dense)"
+    )
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchSettings(_Strict):
+    sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
+    n_trials: int = Field(16, ge=1, le=100_000)
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+    max_failures: int = Field(3, ge=0)
+    resources: Resources = Resources()
+    seed: int = Field(0, ge=0)
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///optuna.db")
+    population_size: int = Field(8, ge=2, description="NSGA-II population")
+
+    @field_validator("storage")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError(f"must be a storage URL such as sqlite:///optuna.db, got {v!r}")
+        return v
+
+
+class Tracking(_Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
+    )
+    experiment: str | None = None
+    register: bool = True
+
+
+class StudySpec(_Strict):
+    """A validated study: what to search, how long to train, how to run and track it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    description: str = ""
+    dataset: str
+    data_dir: str | None = None
+    model: ModelSpace = ModelSpace()
+    methods: dict[str, dict[str, Any]]
+    train: TrainSpace = TrainSpace()
+    objectives: Objectives = Objectives()
+    search: SearchSettings = SearchSettings()
+    tracking: Tracking = Tracking()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from prunetune.datasets import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"must be one of {list(DATASETS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _family_fits_dataset(self) -> StudySpec:
+        from prunetune.datasets import dataset_info
+
+        shape = dataset_info(self.dataset).input_shape
+        if self.model.family == "lenet5" and (len(shape) != 3 or min(shape[1:]) < 20):
+            raise ValueError(
+                f"model.family 'lenet5' needs images of at least 20x20, but dataset "
+                f"{self.dataset!r} has input shape {tuple(shape)}"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the search space (not run settings like n_trials)."""
+        d = self.model_dump(
+            mode="json",
+            exclude={
+                "search": {"n_trials", "max_concurrent", "max_failures", "resources", "storage"},
+                "tracking": True,
+                "description": True,
+            },
+        )
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _validate_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple[Any, ...]]]:
+    from prunetune.prune import METHODS
+
+    if not methods:
+        raise ConfigError(
+            f"methods: must name at least one pruning method of {sorted(METHODS)}, got {{}}."
+        )
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for name, ranges in methods.items():
+        if name not in METHODS:
+            raise ConfigError(
+                f"methods.{name}: unknown pruning method {name!r}; expected one of {sorted(METHODS)}."
+            )
+        ranges = ranges or {}
+        if not isinstance(ranges, dict):
+            raise ConfigError(
+                f"methods.{name}: must be a mapping of hyperparameter ranges, got {ranges!r}."
+            )
+        table = METHODS[name].hparams
+        out[name] = {}
+        for hp, value in ranges.items():
+            if hp not in table:
+                raise ConfigError(
+                    f"methods.{name}.{hp}: not a hyperparameter of {name!r}; expected one of {sorted(table)}, got {hp!r}."
+                )
+            try:
+                out[name][hp] = check_range(table[hp], f"methods.{name}.{hp}", value)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    return out
+
+
+def _validate_train(train: TrainSpace) -> dict[str, tuple[Any, ...]]:
+    out = {}
+    for name, param in TRAIN_TABLE.items():
+        try:
+            out[name] = check_range(param, f"train.{name}", getattr(train, name))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return out
+
+
+class ValidatedSpec:
+    """A :class:`StudySpec` plus its method and training ranges as checked tuples."""
+
+    def __init__(self, spec: StudySpec, source: str | None = None) -> None:
+        self.spec = spec
+        self.source = source
+        self.method_ranges = _validate_methods(spec.methods)
+        self.train_ranges = _validate_train(spec.train)
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.spec, item)
+
+
+def parse_spec(data: Any, source: str = "study spec") -> ValidatedSpec:
+    """Validate a spec given as a mapping.
+
+    Raises:
+        ConfigError: naming the field path and the bad value.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: a study spec must be a YAML mapping, got {type(data).__name__}."
+        )
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_pydantic(e, source)) from None
+    except ValueError as e:  # raised by dataset_info etc.
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        return ValidatedSpec(spec, source)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_spec(path: str | Path) -> ValidatedSpec:
+    """Read and validate a study spec file (nothing is created on disk).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid (message names field and value).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"study spec {str(p)!r} does not exist (expected a YAML file, e.g. studies/quickstart.yaml)."
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_spec(data, str(p))
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)

@@ -1,0 +1,224 @@
+"""One trial: config → train with a pruning method → export → metrics. No Ray, no MLflow.
+
+``run_trial`` is a plain function taking a config and an optional ``report(metrics)`` callback,
+so it runs the same in a notebook, under Ray Tune (``prunetune.search.runner``) or wrapped by
+MLflow tracking.
+
+Example:
+    >>> from prunetune.search.trial import run_trial
+    >>> out = run_trial({"dataset": "digits", "train": {"epochs": 1},
+    ...                  "method": {"name": "gumbel", "lam": 1.0}})
+    >>> sorted(out.metrics)[:3]
+    ['density', 'live_neurons', 'params']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prunetune.search._errors import ConfigError, format_pydantic
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: Literal["mlp", "lenet5", "cnn"] = "mlp"
+    widths: tuple[int, ...] = Field((64, 32), description="hidden fully connected widths")
+    channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5)")
+    activation: Literal["relu", "silu", "tanh", "gelu"] = "relu"
+
+    @field_validator("widths", "channels")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for w in v:
+            if w < 1:
+                raise ValueError(f"every width must be >= 1, got {w}")
+        return v
+
+
+class TrainSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=1 << 20)
+    lr: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs; validated on construction, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: ModelConfig = ModelConfig()
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "gumbel"})
+    train: TrainSection = TrainSection()
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: leave)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from prunetune.datasets import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"must be one of {list(DATASETS)}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from prunetune.prune import get_method, validate_config
+
+        cfg = dict(v)
+        name = cfg.pop("name", "gumbel")
+        table = get_method(name).hparams
+        return {"name": name, **validate_config(table, cfg, where="method")}
+
+
+def parse_config(config: Mapping[str, Any] | TrialConfig) -> TrialConfig:
+    """Validate a trial config.
+
+    Raises:
+        ConfigError: naming the field path and the bad value.
+    """
+    if isinstance(config, TrialConfig):
+        return config
+    try:
+        return TrialConfig.model_validate(dict(config))
+    except ValidationError as e:
+        raise ConfigError(format_pydantic(e, "trial config")) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"device must be auto, cpu, cuda or cuda:N, but got {device!r}."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device is {device!r}, but CUDA is not available on this machine.")
+    return dev
+
+
+@dataclass
+class TrialResult:
+    """Metrics and the compact model of one finished trial."""
+
+    metrics: dict[str, float | int]
+    history: list[dict[str, float]]
+    config: dict[str, Any]
+    export: Any = None  # prunetune.prune.ExportResult
+    per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "history": self.history, "config": self.config}
+
+
+def flat_config(config: TrialConfig) -> dict[str, Any]:
+    """``{"model.widths": "[300, 100]", "method.lam": 0.5, ...}`` — plain scalars for logging."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, tuple | list):
+            out[prefix] = list(value)
+        else:
+            out[prefix] = value
+
+    walk("", config.model_dump())
+    return out
+
+
+def run_trial(
+    config: Mapping[str, Any] | TrialConfig,
+    report: Callable[[dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """Train one configuration, export its compact model and measure it.
+
+    Validation and test accuracy are measured on the exported compact model (what a user
+    fetches); test accuracy is recorded, never used to select.
+
+    Args:
+        config: a :class:`TrialConfig` or a mapping validated into one.
+        report: called after each epoch with that epoch's metrics.
+
+    Returns:
+        metrics ``val_accuracy``, ``test_accuracy``, ``params``, ``params_dense``, ``density``,
+        ``live_neurons``, ``seconds`` (training time), plus the history and the export.
+    """
+    from prunetune.datasets import load_dataset
+    from prunetune.models import build_model, family_spec
+    from prunetune.prune import TrainConfig, evaluate, export_compact, make_method, train
+
+    cfg = parse_config(config)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=str(device))
+    loss = "cross_entropy" if data.task == "classification" else "mse"
+    metric = "accuracy" if loss == "cross_entropy" else "loss"
+    arch = family_spec(
+        cfg.model.family,
+        data.input_shape,
+        data.num_outputs,
+        cfg.model.widths,
+        cfg.model.channels,
+        cfg.model.activation,
+    )
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(arch).to(device)
+    method = make_method(cfg.method)
+    tcfg = TrainConfig(loss=loss, **cfg.train.model_dump())
+
+    def epoch_metrics() -> dict[str, float]:
+        ex = export_compact(model, arch, method.masks())
+        return {"density": ex.density, "params": float(ex.params)}
+
+    t0 = time.perf_counter()
+    result = train(model, method, data, tcfg, report=report, epoch_metrics=epoch_metrics)
+    ex = export_compact(model, arch, method.masks())
+    ex.model.to(device)
+    val = evaluate(ex.model, data.x_val, data.y_val, loss=loss)
+    test = evaluate(ex.model, data.x_test, data.y_test, loss=loss)
+    ex.model.cpu()
+    metrics: dict[str, float | int] = {
+        f"val_{metric}": val,
+        f"test_{metric}": test,
+        "params": ex.params,
+        "params_dense": ex.params_dense,
+        "density": ex.density,
+        "live_neurons": ex.live_neurons,
+        "seconds": result.seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    return TrialResult(
+        metrics=metrics,
+        history=result.history,
+        config=cfg.model_dump(mode="json"),
+        export=ex,
+        per_layer=ex.per_layer,
+    )
+
+
+__all__ = ["TrialConfig", "TrialResult", "flat_config", "parse_config", "run_trial"]
+
+
+def _asdict(x: Any) -> dict[str, Any]:
+    return asdict(x)

@@ -1,0 +1,148 @@
+"""Compact export: exact counts on hand-built masks, and equivalence with the masked model."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from prunetune.models import build_model, cnn_spec, lenet5_spec, mlp_spec
+from prunetune.prune import FixedMask, Mask, count_params, export_compact, prunable_layers
+from prunetune.prune._topology import raw_weight
+
+
+def _attach(model, masks):
+    for name, m in masks.items():
+        mod = model[int(name)]
+        parametrize.register_parametrization(mod, "weight", FixedMask(m.weight), unsafe=True)
+        if m.bias is not None:
+            parametrize.register_parametrization(mod, "bias", FixedMask(m.bias), unsafe=True)
+    return model
+
+
+def _random_masks(model, input_shape, density, gen):
+    return {
+        layer.name: Mask(
+            (torch.rand(raw_weight(layer.module).shape, generator=gen) < density).float()
+        )
+        for layer in prunable_layers(model, input_shape)
+    }
+
+
+def test_hand_built_mlp_counts_exactly():
+    torch.manual_seed(0)
+    spec = mlp_spec((4,), [3], num_outputs=2)
+    model = build_model(spec)
+    masks = {
+        # unit 0 <- x0; unit 1 <- nothing; unit 2 <- x1
+        "0": Mask(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]])),
+        # out 0 <- unit 0; out 1 <- unit 2 (unit 1 has no kept outgoing weight either)
+        "2": Mask(torch.tensor([[1.0, 0, 0], [0, 0, 1]])),
+    }
+    ex = export_compact(model, spec, masks)
+    assert ex.params == 2 + 2 + 2 + 2  # kept weights + biases of the 2 live hidden units, outputs
+    assert ex.params_dense == 4 * 3 + 3 + 3 * 2 + 2
+    assert ex.kept_units == {"0": [0, 2], "2": [0, 1]}
+    assert ex.per_layer["0"]["kept"] == 4 and ex.per_layer["2"]["kept"] == 4
+    assert ex.live_neurons == 2
+    assert count_params(ex.model) == ex.params
+    assert ex.density == pytest.approx(8 / 23)
+
+
+def test_constant_unit_is_folded_into_next_bias():
+    torch.manual_seed(1)
+    spec = mlp_spec((3,), [2], num_outputs=2)
+    model = build_model(spec)
+    masks = {
+        "0": Mask(torch.tensor([[1.0, 1, 0], [0, 0, 0]])),  # unit 1: bias only (constant)
+        "2": Mask(torch.tensor([[1.0, 1], [0, 1]])),  # ... but used by both outputs
+    }
+    ex = export_compact(model, spec, masks)
+    assert ex.kept_units["0"] == [0]
+    assert ex.params == 2 + 1 + 1 + 2  # unit 0: 2 w + b; outputs: 1 w from unit 0 + 2 biases
+    x = torch.randn(64, 3)
+    masked = _attach(model, masks).eval()
+    assert torch.allclose(masked(x), ex.model(x), atol=1e-6)
+
+
+def test_unit_without_outgoing_weights_is_removed():
+    spec = mlp_spec((3,), [2, 2], num_outputs=1)
+    model = build_model(spec)
+    masks = {
+        "0": Mask(torch.ones(2, 3)),
+        "2": Mask(torch.tensor([[1.0, 0], [1, 0]])),  # hidden-1 unit 1 feeds nothing
+        "4": Mask(torch.tensor([[1.0, 1]])),
+    }
+    ex = export_compact(model, spec, masks)
+    assert ex.kept_units["0"] == [0]
+    assert ex.kept_units["2"] == [0, 1]
+    assert ex.params == (3 + 1) + (2 + 2) + (2 + 1)
+
+
+def test_rejects_non_binary_and_misshapen_masks():
+    spec = mlp_spec((3,), [2], num_outputs=2)
+    model = build_model(spec)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        export_compact(model, spec, {"0": Mask(torch.full((2, 3), 0.5))})
+    with pytest.raises(ValueError, match=r"mask of layer 0 has shape \(3, 2\)"):
+        export_compact(model, spec, {"0": Mask(torch.ones(3, 2))})
+
+
+@pytest.mark.parametrize(
+    ("spec", "density"),
+    [
+        (mlp_spec((1, 8, 8), [32, 16], 10), 0.3),
+        (mlp_spec((1, 8, 8), [32, 16], 10), 0.03),
+        (mlp_spec((1, 8, 8), [32, 16], 10, activation="silu"), 0.05),
+        (lenet5_spec((1, 28, 28), 10), 0.1),
+        (lenet5_spec((1, 28, 28), 10, activation="tanh"), 0.02),
+        (cnn_spec((1, 8, 8), [4, 8], [16], 10), 0.1),
+    ],
+)
+def test_compact_model_equals_masked_model(spec, density):
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    for p in model.parameters():  # nonzero biases make constant folding matter
+        torch.nn.init.normal_(p, std=0.3, generator=gen)
+    masks = _random_masks(model, spec["input_shape"], density, gen)
+    ex = export_compact(model, spec, masks)
+    masked = _attach(model, masks).eval()
+    x = torch.randn(128, *spec["input_shape"], generator=gen)
+    with torch.no_grad():
+        diff = (masked(x) - ex.model(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert count_params(ex.model) == ex.params
+    assert sum(v["kept"] for v in ex.per_layer.values()) == ex.params
+    assert ex.params <= sum(int(m.weight.sum()) for m in masks.values()) + sum(
+        layer.out_units for layer in prunable_layers(model, spec["input_shape"])
+    )
+
+
+def test_compact_weights_round_trip_without_pickled_code():
+    spec = mlp_spec((1, 8, 8), [16], 10)
+    model = build_model(spec)
+    gen = torch.Generator().manual_seed(3)
+    ex = export_compact(model, spec, _random_masks(model, spec["input_shape"], 0.2, gen))
+    buf = io.BytesIO()
+    torch.save(ex.model.state_dict(), buf)
+    buf.seek(0)
+    rebuilt = build_model(ex.arch)
+    rebuilt.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(8, 1, 8, 8)
+    assert torch.equal(rebuilt.eval()(x), ex.model(x))
+    assert sum(p.numel() for p in rebuilt.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_fully_pruned_hidden_layer_gives_constant_output():
+    spec = mlp_spec((3,), [2], num_outputs=2)
+    model = build_model(spec)
+    masks = {"0": Mask(torch.zeros(2, 3)), "2": Mask(torch.ones(2, 2))}
+    ex = export_compact(model, spec, masks)
+    assert ex.kept_units["0"] == []
+    assert ex.params == 2  # only the two output biases (with the folded constants)
+    x = torch.randn(5, 3)
+    masked = _attach(model, masks).eval()
+    assert torch.allclose(masked(x), ex.model(x), atol=1e-6)

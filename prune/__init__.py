@@ -12,7 +12,14 @@ import torch as _torch
 _torch.set_flush_denormal(True)
 
 from prunetune.prune import dense as _dense  # noqa: F401  (registers "none")
+from prunetune.prune import grasp as _grasp  # noqa: F401  (registers "grasp")
 from prunetune.prune import gumbel as _gumbel  # noqa: F401  (registers "gumbel")
+from prunetune.prune import kfac as _kfac  # noqa: F401  (registers "kfac")
+from prunetune.prune import lottery as _lottery  # noqa: F401  (registers "lottery")
+from prunetune.prune import magnitude as _magnitude  # noqa: F401  ("magnitude", "magnitude_neuron")
+from prunetune.prune import random_init as _random_init  # noqa: F401  (registers "random")
+from prunetune.prune import snip as _snip  # noqa: F401  (registers "snip")
+from prunetune.prune import synflow as _synflow  # noqa: F401  (registers "synflow")
 from prunetune.prune._base import (
     METHODS,
     Mask,

@@ -9,7 +9,7 @@ turned into an Optuna space by ``prunetune.search.space`` (scikit-learn's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,10 +125,11 @@ def check_range(param: Param, field: str, value: Any) -> tuple[Any, ...]:
         fixed value.
     """
     if isinstance(param, Choice):
-        values = value if isinstance(value, list) else [value]
-        if not values:
+        if not isinstance(value, list):
+            return (param.check(field, value),)
+        if not value:
             raise ValueError(f"{field} must list at least one choice, but got {value!r}.")
-        return tuple(param.check(f"{field}[{i}]", v) for i, v in enumerate(values))
+        return tuple(param.check(f"{field}[{i}]", v) for i, v in enumerate(value))
     if not isinstance(value, list):
         return (param.check(field, value),)
     if len(value) != 2:
@@ -151,6 +152,3 @@ def describe(table: HParamTable) -> list[dict[str, Any]]:
         rows.append({"name": name, "range": rng, "default": p.default, "help": p.help})
     return rows
 
-
-def _seq(x: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(x)

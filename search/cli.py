@@ -161,6 +161,89 @@ def train(
 
 
 @app.command()
+def search(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="study spec, e.g. studies/quickstart.yaml")],
+    fresh: Annotated[bool, typer.Option(help="start a new study instead of continuing the latest")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="join an existing Ray cluster (host:port or ray://...)")
+    ] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///optuna.db)")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ] = None,
+    n_trials: Annotated[int | None, typer.Option(min=1, help="override search.n_trials")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="override search.max_concurrent")] = None,
+    workdir: Annotated[Path, typer.Option(help="where default stores are written")] = Path("."),
+    register: Annotated[
+        bool | None, typer.Option("--register/--no-register", help="register the selected models at the end")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress view")] = False,
+) -> None:
+    """Run (or continue) a pruning search study until n_trials trials are complete.
+
+    Optuna samples each trial's method and hyperparameters, Ray Tune runs trials in parallel,
+    MLflow records one parent run per study and one child run per trial. Rerunning the same
+    spec continues the study; a killed run loses no completed trial.
+    """
+    from prunetune.search.runner import RunOptions, StudyFailed, run_study
+    from prunetune.search.spec import load_spec
+
+    try:
+        vspec = load_spec(spec_path)
+        if storage is not None and "://" not in storage:
+            raise ConfigError(f"--storage must be a URL such as sqlite:///optuna.db, but got {storage!r}.")
+        _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    opts = RunOptions(
+        workdir=workdir,
+        ray_address=ray_address,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        fresh=fresh,
+        n_trials=n_trials,
+        max_concurrent=max_concurrent,
+        register=register,
+        progress=not quiet,
+    )
+    try:
+        outcome = run_study(vspec, opts)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except StudyFailed as e:
+        _print_outcome(e.outcome)
+        raise _fail(str(e), 1) from None
+    _print_outcome(outcome)
+
+
+def _preflight_data(dataset: str, data_dir: str | None) -> None:
+    """Fail before anything is created when the data set cannot be found."""
+    from prunetune.datasets import load_dataset
+
+    try:
+        load_dataset(dataset, data_dir=data_dir)
+    except FileNotFoundError as e:
+        raise ConfigError(f"dataset {dataset!r}: {e}") from None
+
+
+def _print_outcome(outcome: Any) -> None:
+    out = Console()
+    table = Table(title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, {outcome.failed} failed)")
+    for col in ("trial", "method", "params", "val_accuracy"):
+        table.add_column(col, justify="right")
+    for r in outcome.front:
+        table.add_row(str(r["trial"]), str(r["method"]), f"{r['params']:,}", f"{r['val_accuracy']:.4f}")
+    out.print(table)
+    out.print(f"Optuna storage: {outcome.storage}  (optuna-dashboard {outcome.storage})")
+    if outcome.tracking_uri:
+        out.print(f"MLflow: {outcome.tracking_uri}  — `prunetune ui` opens it; `prunetune pareto {outcome.study_name}`")
+    for reg in outcome.registered or []:
+        out.print(f"registered: {reg}")
+    if outcome.registered:
+        out.print("fetch one with `prunetune fetch NAME@ALIAS -o DIR` or prunetune.fetch(\"NAME@ALIAS\")")
+
+
+@app.command()
 def methods() -> None:
     """List the pruning methods and their hyperparameters (ranges and defaults)."""
     from prunetune.prune import METHODS

@@ -42,13 +42,16 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     }
 
     m = spec.model
-    lo, hi = m.bounds("depth")
-    depth = lo if lo == hi else trial.suggest_int("model.depth", lo, hi)
-    wlo, whi = m.bounds("width")
-    widths = [
-        wlo if wlo == whi else trial.suggest_int(f"model.width_{i}", wlo, whi, log=m.width_log)
-        for i in range(depth)
-    ]
+    if m.widths is not None:
+        widths = list(m.widths)
+    else:
+        lo, hi = m.bounds("depth")
+        depth = lo if lo == hi else trial.suggest_int("model.depth", lo, hi)
+        wlo, whi = m.bounds("width")
+        widths = [
+            wlo if wlo == whi else trial.suggest_int(f"model.width_{i}", wlo, whi, log=m.width_log)
+            for i in range(depth)
+        ]
     acts = (m.activation,) if isinstance(m.activation, str) else m.activation
     activation = (
         acts[0] if len(acts) == 1 else trial.suggest_categorical("model.activation", list(acts))
@@ -71,15 +74,16 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     }
 
 
-def make_sampler(vspec: ValidatedSpec) -> Any:
-    """The Optuna sampler named by ``search.sampler``, seeded by ``search.seed``."""
+def make_sampler(vspec: ValidatedSpec, seed_offset: int = 0) -> Any:
+    """The Optuna sampler named by ``search.sampler``, seeded by ``search.seed + seed_offset``."""
     import optuna
 
     s = vspec.spec.search
+    seed = s.seed + seed_offset
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed)
+        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)

@@ -40,7 +40,7 @@ TRAIN_TABLE = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ModelSpace(_Strict):
@@ -50,8 +50,17 @@ class ModelSpace(_Strict):
     )
     width: tuple[int, int] | int = Field((16, 128), description="per-layer width [min, max]")
     width_log: bool = True
+    widths: tuple[int, ...] | None = Field(None, description="fixed hidden widths; overrides depth/width")
     channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5), fixed")
     activation: tuple[str, ...] | str = "relu"
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v: Any) -> Any:
+        for w in v or ():
+            if w < 1:
+                raise ValueError(f"every width must be >= 1, got {w}")
+        return v
 
     @field_validator("depth", "width")
     @classmethod
@@ -122,11 +131,12 @@ class SearchSettings(_Strict):
 
 
 class Tracking(_Strict):
+    enabled: bool = Field(True, description="log to MLflow (parent run + one child run per trial)")
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
     )
     experiment: str | None = None
-    register: bool = True
+    register_models: bool = Field(True, alias="register", description="register selected models at the end")
 
 
 class StudySpec(_Strict):

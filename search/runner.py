@@ -1,0 +1,549 @@
+"""Run a study: Optuna samples (persisted storage), Ray Tune executes, MLflow tracks.
+
+The Optuna study in its storage is the source of truth. Ray Tune's ``OptunaSearch`` asks it for
+each trial (define-by-run, conditional on the method) and tells it the outcome the moment a
+trial ends, so a driver killed at any point loses no completed trial. On the next run, trials
+the dead driver left RUNNING are marked FAIL and the study continues until ``n_trials`` trials
+are COMPLETE; Optuna's trial numbers are never reused.
+
+Example:
+    >>> from prunetune.search.runner import run_study
+    >>> from prunetune.search.spec import load_spec
+    >>> outcome = run_study(load_spec("studies/quickstart.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prunetune.search._errors import ConfigError
+from prunetune.search.spec import ValidatedSpec
+
+log = logging.getLogger("prunetune.search")
+
+DIRECTIONS = ("maximize", "minimize")  # (val_accuracy, params)
+METRICS = ["val_accuracy", "params"]
+MODES = ["max", "min"]
+
+
+@dataclass
+class RunOptions:
+    """How to run a study (flags beat the spec; the spec beats the defaults).
+
+    Attributes:
+        workdir: where default stores live (``mlflow.db``, ``mlartifacts/``, ``optuna.db``,
+            ``ray_results/``); the directory the user runs from by default.
+        ray_address: join an existing Ray cluster (``ray://…`` or ``host:port``); None starts a
+            local Ray with all cores.
+        storage: Optuna storage URL (overrides ``search.storage``).
+        tracking_uri: MLflow tracking URI (overrides ``tracking.uri``).
+        fresh: start a new study instead of continuing the latest one of this name.
+        n_trials / max_concurrent: override the spec's values.
+        register: register the selected models at the end (default: ``tracking.register``).
+        progress: show the live view.
+    """
+
+    workdir: Path = field(default_factory=Path.cwd)
+    ray_address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    fresh: bool = False
+    n_trials: int | None = None
+    max_concurrent: int | None = None
+    register: bool | None = None
+    progress: bool = True
+
+
+@dataclass
+class StudyOutcome:
+    study_name: str
+    storage: str
+    tracking_uri: str | None
+    parent_run_id: str | None
+    completed: int
+    failed: int
+    trials: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    registered: list[Any] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    trial_timings: list[dict[str, float]] = field(default_factory=list)
+
+
+# -- Optuna study ----------------------------------------------------------------------------
+def resolve_storage(url: str | None, workdir: Path) -> str:
+    return url or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+
+
+def _study_names(storage: str, base: str) -> list[str]:
+    import optuna
+
+    pat = re.compile(rf"^{re.escape(base)}(?:~(\d+))?$")
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    return sorted((n for n in names if pat.match(n)), key=lambda n: int(pat.match(n).group(1) or 1))  # type: ignore[union-attr]
+
+
+def prepare_study(vspec: ValidatedSpec, storage: str, fresh: bool) -> tuple[Any, str]:
+    """Create or resume the study; fail trials a dead driver left RUNNING.
+
+    The current study of a spec named ``N`` is the newest of ``N``, ``N~2``, ``N~3``…;
+    ``fresh`` creates the next one.
+
+    Raises:
+        ConfigError: the spec's search space changed since the study was created.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = vspec.spec.name
+    names = _study_names(storage, base)
+    if not names:
+        name = base
+    elif fresh:
+        name = f"{base}~{len(names) + 1}"
+    else:
+        name = names[-1]
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True)
+    fp = vspec.spec.fingerprint()
+    old = study.user_attrs.get("spec_fingerprint")
+    if old is None:
+        study.set_user_attr("spec_fingerprint", fp)
+        study.set_user_attr("spec", vspec.spec.model_dump(mode="json"))
+    elif old != fp:
+        raise ConfigError(
+            f"study {name!r} in {storage} was created from a different search space "
+            f"(fingerprint {old}, spec now {fp}); rerun with --fresh to start a new study."
+        )
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        log.warning("trial %d was left RUNNING by an interrupted driver; marked FAIL", t.number)
+    return study, name
+
+
+def count_states(study: Any) -> dict[str, int]:
+    from collections import Counter
+
+    c = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    return {"COMPLETE": c.get("COMPLETE", 0), "FAIL": c.get("FAIL", 0), "RUNNING": c.get("RUNNING", 0)}
+
+
+# -- the trial as Ray sees it ----------------------------------------------------------------
+def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
+    from prunetune.search.space import sample_config
+
+    return {"trial_config": sample_config(trial, vspec), "trial_number": int(trial.number)}
+
+
+def _trainable(config: dict[str, Any], *, ctx: Any, threads: int) -> None:
+    """Ray Tune function trainable: one trial, logged to MLflow from the worker."""
+    import ray
+    from ray import tune
+
+    from prunetune.search.trial import run_trial
+
+    t_start = time.time()
+    number = int(config["trial_number"])
+    trial_cfg = dict(config["trial_config"])
+    trial_cfg["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
+    trial_cfg["threads"] = threads
+    node = ray.get_runtime_context().get_node_id()
+    tracker = None
+    if ctx is not None:
+        from prunetune.search.tracking import TrialTracker
+
+        tracker = TrialTracker(ctx, number, trial_cfg)
+
+    def report(row: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_epoch(row)
+        tune.report({**row, "trial_number": number})
+
+    try:
+        result = run_trial(trial_cfg, report)
+    except Exception as e:
+        if tracker is not None:
+            tracker.fail(f"{type(e).__name__}: {e}")
+        raise
+    run_id = tracker.finish(result) if tracker is not None else ""
+    tune.report(
+        {
+            **result.metrics,
+            "trial_number": number,
+            "mlflow_run_id": run_id,
+            "node_id": node,
+            "worker_start": t_start,
+            "worker_end": time.time(),
+            "final": 1,
+        }
+    )
+
+
+def _searcher_class() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PersistentOptunaSearch(OptunaSearch):
+        """Ray's OptunaSearch whose state lives in the Optuna storage, not in Tune's pickles.
+
+        Tune pickles its searcher for experiment checkpoints; a live ``optuna.Study`` holds
+        locks. Resuming goes through the storage (``prepare_study``), never ``Tuner.restore``.
+        """
+
+        def __getstate__(self) -> dict[str, Any]:
+            state = self.__dict__.copy()
+            state["_ot_study"] = None
+            state["_ot_trials"] = {}
+            return state
+
+        def save(self, checkpoint_path: str) -> None:
+            import json
+
+            with open(checkpoint_path, "w") as f:
+                json.dump({"optuna_study": self._study_name, "note": "state is in the Optuna storage"}, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            raise NotImplementedError("prunetune resumes studies from the Optuna storage")
+
+    return PersistentOptunaSearch
+
+
+# -- driver-side callbacks -------------------------------------------------------------------
+_LIVE: dict[str, _LiveState] = {}  # callbacks hold a key: Tune pickles its config, not locks
+
+
+def _live(key: str) -> _LiveState | None:
+    # A module-level function is pickled by reference, so the callbacks never drag _LIVE along.
+    return _LIVE.get(key)
+
+
+def _tune_callbacks(key: str) -> tuple[Any, Any]:
+    from ray.tune import Callback
+    from ray.tune.stopper import Stopper
+
+    class FailureStopper(Stopper):
+        def __init__(self) -> None:
+            self.key = key
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            st = _live(self.key)
+            return st is not None and st.failed > st.max_failures
+
+    class Events(Callback):
+        def __init__(self) -> None:
+            self.key = key
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if st := _live(self.key):
+                st.started(trial.trial_id)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if st := _live(self.key):
+                st.completed(trial.trial_id, trial.last_result or {})
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if st := _live(self.key):
+                st.errored(trial.trial_id, str(getattr(trial, "error_msg", "") or "error"))
+
+    return FailureStopper(), Events()
+
+
+class _LiveState:
+    """Counts and front for the progress view; Pareto tracking updates off the event loop."""
+
+    def __init__(self, total: int, already: int, max_failures: int, on_complete: Callable[[], None] | None) -> None:
+        self.total, self.already, self.max_failures = total, already, max_failures
+        self.t0 = time.time()
+        self.running: dict[str, float] = {}
+        self.done: list[dict[str, Any]] = []
+        self.failed = 0
+        self.failures: list[str] = []
+        self.timings: list[dict[str, float]] = []
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._on_complete = on_complete
+        self._worker: threading.Thread | None = None
+        if on_complete is not None:
+            self._worker = threading.Thread(target=self._pareto_loop, name="pareto-updater", daemon=True)
+            self._worker.start()
+
+    def _pareto_loop(self) -> None:
+        while not self._stop.is_set() or self._dirty.is_set():
+            if self._dirty.wait(0.2):
+                self._dirty.clear()
+                try:
+                    self._on_complete()  # type: ignore[misc]
+                except Exception as e:  # tracking must never kill the study
+                    log.warning("updating the Pareto front failed: %s", e)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=120)
+
+    def started(self, tid: str) -> None:
+        with self._lock:
+            self.running[tid] = time.time()
+
+    def completed(self, tid: str, result: dict[str, Any]) -> None:
+        now = time.time()
+        with self._lock:
+            start = self.running.pop(tid, now)
+            if result.get("final"):
+                self.done.append(result)
+                self.timings.append(
+                    {"driver_seconds": now - start, "train_seconds": float(result.get("seconds", 0.0)), "total_seconds": float(result.get("total_seconds", 0.0))}
+                )
+            else:
+                self.failed += 1
+        self._dirty.set()
+
+    def errored(self, tid: str, msg: str) -> None:
+        with self._lock:
+            self.running.pop(tid, None)
+            self.failed += 1
+            self.failures.append(msg)
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        from prunetune.search.pareto import best_under_budgets, pareto_front
+
+        with self._lock:
+            pts = [(r["val_accuracy"], r["params"]) for r in self.done]
+            dense = max((r.get("params_dense", 0) for r in self.done), default=0)
+            n_done, n_run, n_fail = len(self.done) + self.already, len(self.running), self.failed
+        t = Table.grid(padding=(0, 2))
+        elapsed = time.time() - self.t0
+        t.add_row(
+            f"[bold]trials[/] {n_done}/{self.total} done",
+            f"{n_run} running",
+            f"[red]{n_fail} failed[/]" if n_fail else "0 failed",
+            f"{elapsed:,.0f}s elapsed",
+            f"front: {len(pareto_front(pts))}",
+        )
+        if dense:
+            budgets = [dense * f for f in (0.01, 0.05, 0.25, 1.0)]
+            best = best_under_budgets(pts, budgets)
+            t.add_row(
+                *(f"≤{100 * f:g}% params: " + (f"{best[b]:.3f}" if best[b] is not None else "–") for f, b in zip((0.01, 0.05, 0.25, 1.0), budgets, strict=True)),
+                "",
+            )
+        return t
+
+
+def _ray_init(address: str | None) -> bool:
+    """Start (or join) Ray; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # prunetune shows its own progress
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
+    return True
+
+
+# -- the study -------------------------------------------------------------------------------
+def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutcome:
+    """Run (or continue) a study until ``n_trials`` trials are complete.
+
+    Raises:
+        ConfigError: invalid options, or a spec whose search space changed since the study began.
+    """
+    import optuna
+    from ray import tune
+    from prunetune.search.space import make_sampler
+
+    opts = opts or RunOptions()
+    spec = vspec.spec
+    workdir = opts.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = resolve_storage(opts.storage or spec.search.storage, workdir)
+    n_trials = opts.n_trials or spec.search.n_trials
+    max_conc = opts.max_concurrent or spec.search.max_concurrent
+    t0 = time.time()
+
+    study, study_name = prepare_study(vspec, storage, opts.fresh)
+    states = count_states(study)
+    remaining = n_trials - states["COMPLETE"]
+
+    tracker = ctx = None
+    tracking_uri = None
+    want_tracking = spec.tracking.enabled
+    if want_tracking:
+        from prunetune.search.tracking import StudyTracker, resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(opts.tracking_uri or spec.tracking.uri, workdir)
+        tracker = StudyTracker(
+            tracking_uri,
+            spec.tracking.experiment or spec.name,
+            study_name,
+            spec.model_dump(mode="json"),
+            vspec.source,
+            {"optuna_storage": storage, "sampler": spec.search.sampler},
+        )
+        ctx = tracker.start()
+
+    state = _LiveState(n_trials, states["COMPLETE"], spec.search.max_failures, tracker.on_trial_complete if tracker else None)
+    live = None
+    try:
+        if remaining > 0:
+            _ray_init(opts.ray_address)
+            # Resumed studies reseed the sampler so they do not replay the first run's draws.
+            seed_shift = len(study.trials)
+            searcher = _searcher_class()(
+                space=partial(_define_by_run, vspec=vspec),
+                metric=METRICS,
+                mode=MODES,
+                sampler=make_sampler(vspec, seed_offset=seed_shift),
+                study_name=study_name,
+                storage=optuna.storages.RDBStorage(storage),
+            )
+            res = spec.search.resources
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, ctx=ctx, threads=max(1, int(res.cpu))),
+                {"cpu": res.cpu, "gpu": res.gpu},
+            )
+            key = f"{study_name}-{id(state)}"
+            _LIVE[key] = state
+            stopper, events = _tune_callbacks(key)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    num_samples=remaining,
+                    max_concurrent_trials=max_conc,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=str(workdir / "ray_results"),
+                    verbose=0,
+                    stop=stopper,
+                    callbacks=[events],
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    log_to_file=True,
+                ),
+            )
+            if opts.progress and sys.stderr.isatty():
+                from rich.live import Live
+
+                live = Live(state.render(), refresh_per_second=2, transient=False, get_renderable=state.render)
+                live.start()
+            elif opts.progress:
+                _start_line_progress(state)
+            tuner.fit()
+    finally:
+        if live is not None:
+            live.stop()
+        state.close()
+        if tracker is not None:
+            tracker.on_trial_complete()
+    study_states = count_states(study)
+    trials = _trial_rows(study)
+    from prunetune.search.pareto import pareto_front
+
+    pts = [(t["val_accuracy"], t["params"]) for t in trials]
+    front = [trials[i] for i in pareto_front(pts)]
+    outcome = StudyOutcome(
+        study_name=study_name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        parent_run_id=ctx.parent_run_id if ctx is not None else None,
+        completed=study_states["COMPLETE"],
+        failed=study_states["FAIL"],
+        trials=trials,
+        front=front,
+        wall_seconds=time.time() - t0,
+        trial_timings=state.timings,
+    )
+    register = spec.tracking.register_models if opts.register is None else opts.register
+    if tracker is not None:
+        if register and trials:
+            from prunetune.search.registry import register_study
+
+            outcome.registered = register_study(
+                tracking_uri, study_name, min_val_accuracy=spec.objectives.min_val_accuracy
+            )
+        tracker.finish("FINISHED" if study_states["COMPLETE"] >= n_trials else "FAILED")
+    if state.failed > spec.search.max_failures:
+        raise StudyFailed(
+            f"{state.failed} trials failed (search.max_failures is {spec.search.max_failures}); "
+            f"last error: {state.failures[-1] if state.failures else 'unknown'}",
+            outcome,
+        )
+    return outcome
+
+
+class StudyFailed(RuntimeError):
+    """More trials failed than ``search.max_failures`` allows; completed trials are kept."""
+
+    def __init__(self, msg: str, outcome: StudyOutcome) -> None:
+        super().__init__(msg)
+        self.outcome = outcome
+
+
+def _trial_rows(study: Any) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE" or t.values is None:
+            continue
+        rows.append(
+            {
+                "trial": t.number,
+                "val_accuracy": float(t.values[0]),
+                "params": int(t.values[1]),
+                "method": t.params.get("method") or _only_method(study),
+                "params_sampled": dict(t.params),
+            }
+        )
+    return rows
+
+
+def _only_method(study: Any) -> str:
+    spec = study.user_attrs.get("spec") or {}
+    methods = list((spec.get("methods") or {}).keys())
+    return methods[0] if len(methods) == 1 else "?"
+
+
+def _start_line_progress(state: _LiveState) -> None:
+    """Non-TTY progress: one line per completed trial (for logs and CI)."""
+
+    def loop() -> None:
+        seen = 0
+        while not state._stop.is_set():
+            time.sleep(0.5)
+            with state._lock:
+                new = state.done[seen:]
+                seen += len(new)
+            for r in new:
+                print(
+                    f"[prunetune] trial {int(r['trial_number'])} done: val_accuracy={r['val_accuracy']:.4f} "
+                    f"params={int(r['params'])} ({100 * r['density']:.2f}%) in {r.get('seconds', 0):.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    threading.Thread(target=loop, daemon=True, name="progress-lines").start()
+
+
+__all__ = ["RunOptions", "StudyFailed", "StudyOutcome", "prepare_study", "resolve_storage", "run_study"]

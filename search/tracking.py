@@ -1,0 +1,365 @@
+"""MLflow tracking: one parent run per study, one nested child run per trial.
+
+The driver owns a :class:`StudyTracker`; ``start()`` returns a picklable
+:class:`TrackingContext` (absolute tracking URI, experiment and parent run ids) that the
+runner sends to every Ray worker, where a :class:`TrialTracker` logs one trial. A worker never
+reads its own working directory or environment to find the store, so nothing lands in a stray
+``./mlruns``.
+
+Parent run: the spec as params and as ``spec.json`` (plus the YAML it came from), tags
+``prunetune.study``, ``study``, ``dataset``, ``sampler``; after each completed trial
+``pareto_front.{csv,json,png,html}``, the metric ``hypervolume`` stepped by trials completed,
+and the tag ``pareto=true`` on exactly the non-dominated child runs.
+
+Child run: the full trial config as params, per-epoch metrics (``step`` = epoch), final
+metrics, per-layer density, and the compact model (``model/weights.pt`` — a state dict that
+``torch.load(weights_only=True)`` reads — ``model/arch.json``, ``model/kept_units.json``).
+
+SQLite is shared by up to ``max_concurrent`` writers: every write goes through
+``log_batch`` with a fixed timestamp and is retried with backoff on "database is locked".
+
+Example:
+    >>> from prunetune.search.tracking import StudyTracker, TrialTracker
+    >>> from prunetune.search.trial import run_trial
+    >>> tracker = StudyTracker("sqlite:////tmp/demo/mlflow.db", "demo", "demo",
+    ...                        spec={"dataset": "digits"}, spec_path=None, tags={})
+    >>> ctx = tracker.start()                                          # doctest: +SKIP
+    >>> cfg = {"train": {"epochs": 1}, "method": {"name": "gumbel"}}
+    >>> t = TrialTracker(ctx, 0, cfg)                                  # doctest: +SKIP
+    >>> run_id = t.finish(run_trial(cfg, t.log_epoch))                 # doctest: +SKIP
+    >>> tracker.on_trial_complete(); tracker.finish()                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunetune.search import _mlflow as M
+from prunetune.search._mlflow import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from prunetune.search._front import StudyFront
+    from prunetune.search.trial import TrialResult
+
+_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """Everything a worker needs to log a trial into the driver's study (picklable).
+
+    Attributes:
+        tracking_uri: absolute URI (``sqlite:////abs/mlflow.db`` or ``http://host:port``).
+        experiment_id: the study's MLflow experiment.
+        parent_run_id: the study's parent run; child runs nest under it.
+        study_name: the study's name (tag ``prunetune.study`` on every run).
+    """
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+
+
+class StudyTracker:
+    """Driver side: the study's parent run and its Pareto front.
+
+    Args:
+        tracking_uri: where to log, as returned by :func:`resolve_tracking_uri`.
+        experiment: MLflow experiment name (created if absent; for a SQLite store its
+            artifacts go to ``<db dir>/mlartifacts``).
+        study_name: the study; a parent run tagged ``prunetune.study=<study_name>`` in the
+            experiment is resumed, otherwise one is created.
+        spec: the validated study spec as a mapping (or a pydantic model).
+        spec_path: the YAML file it came from, logged as an artifact if given.
+        tags: extra tags for the parent run.
+
+    Example:
+        >>> tracker = StudyTracker("sqlite:////tmp/s/mlflow.db", "s", "s", {}, None, {})
+        >>> ctx = tracker.start()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        study_name: str,
+        spec: Mapping[str, Any] | Any,
+        spec_path: str | None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        if "://" not in tracking_uri:
+            raise ValueError(
+                f"tracking_uri must be an absolute URI from resolve_tracking_uri(), "
+                f"but got {tracking_uri!r}."
+            )
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.study_name = study_name
+        self.spec: dict[str, Any] = (
+            spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(spec or {})
+        )
+        self.spec_path = spec_path
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self._client: Any = None
+        self._ctx: TrackingContext | None = None
+        self._lock = threading.Lock()
+        self._last_logged_count = -1
+        self.resumed = False
+
+    @property
+    def context(self) -> TrackingContext:
+        if self._ctx is None:
+            raise RuntimeError("StudyTracker.start() must be called before using the tracker.")
+        return self._ctx
+
+    def start(self) -> TrackingContext:
+        """Create (or resume) the study's parent run; returns the context for workers."""
+        c = self._client = M.client(self.tracking_uri)
+        exp_id = M.get_or_create_experiment(c, self.experiment, self.tracking_uri)
+        parent = M.find_study_run(c, self.study_name, [exp_id])
+        spec_params = M.flatten(self.spec)
+        if parent is not None:
+            run_id = parent.info.run_id
+            self.resumed = True
+            M.retry(c.update_run, run_id, status="RUNNING")
+            old = dict(parent.data.params)
+            changed = sorted(k for k, v in spec_params.items() if k in old and old[k] != M.param_value(v))
+            new = {k: v for k, v in spec_params.items() if k not in old}
+            extra_tags = {"prunetune.resumed": str(int(time.time()))}
+            if changed:  # MLflow params are immutable; the current spec.json shows the change
+                extra_tags["prunetune.spec_changed"] = ",".join(changed)[: M.MAX_TAG_LENGTH]
+            M.log_batch(c, run_id, params=new, tags={**self._parent_tags(), **extra_tags})
+        else:
+            run = M.retry(
+                c.create_run,
+                exp_id,
+                tags={**self._parent_tags(), M.TAG_RUN_NAME: self.study_name},
+                run_name=self.study_name,
+            )
+            run_id = run.info.run_id
+            M.log_batch(c, run_id, params=spec_params)
+        self._log_spec_files(run_id)
+        self._ctx = TrackingContext(self.tracking_uri, exp_id, run_id, self.study_name)
+        return self._ctx
+
+    def _parent_tags(self) -> dict[str, str]:
+        search = self.spec.get("search") or {}
+        tags = {
+            M.TAG_STUDY: self.study_name,
+            M.TAG_ROLE: "study",
+            "study": self.study_name,
+            "dataset": str(self.spec.get("dataset", "")),
+            "sampler": str(search.get("sampler", "")) if isinstance(search, Mapping) else "",
+        }
+        return {**self.tags, **{k: v for k, v in tags.items() if v}}
+
+    def _log_spec_files(self, run_id: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="prunetune-spec-") as tmp:
+            d = Path(tmp)
+            (d / "spec.json").write_text(json.dumps(self.spec, indent=2, default=str) + "\n")
+            if self.spec_path and Path(self.spec_path).is_file():
+                shutil.copyfile(self.spec_path, d / "study.yaml")
+            M.retry(self._client.log_artifacts, run_id, str(d), "spec")
+
+    def on_trial_complete(self) -> StudyFront:
+        """Recompute the front from every finished child run and publish it on the parent.
+
+        Tags ``pareto=true`` on the front's runs and removes it from runs now dominated,
+        rewrites ``pareto_front.{csv,json,png,html}``, and logs ``hypervolume`` (plus
+        ``pareto_size``, ``trials_finished``, ``trials_failed``) at step = trials finished.
+
+        Returns:
+            the recomputed front (callers may ignore it).
+        """
+        from prunetune.search._front import spec_objectives, study_front, write_front_files
+
+        ctx = self.context
+        with self._lock:
+            c = self._client
+            parent = M.retry(c.get_run, ctx.parent_run_id)
+            runs = M.trial_runs(c, parent)
+            objectives = self.spec.get("objectives") or {}
+            logged_ref, logged_floor = spec_objectives(dict(parent.data.params))
+            ref = objectives.get("reference_point") or logged_ref
+            floor = objectives.get("min_val_accuracy")
+            front = study_front(
+                self.study_name,
+                M.trial_records(runs),
+                reference=ref,
+                min_val_accuracy=floor if floor is not None else logged_floor,
+            )
+            on_front = front.front_run_ids
+            for r in runs:
+                has = r.data.tags.get(M.TAG_PARETO) == "true"
+                if r.info.run_id in on_front and not has:
+                    M.retry(c.set_tag, r.info.run_id, M.TAG_PARETO, "true")
+                elif r.info.run_id not in on_front and M.TAG_PARETO in r.data.tags:
+                    M.retry(c.delete_tag, r.info.run_id, M.TAG_PARETO)
+            with tempfile.TemporaryDirectory(prefix="prunetune-front-") as tmp:
+                write_front_files(front, Path(tmp))
+                M.retry(c.log_artifacts, ctx.parent_run_id, tmp)
+            if front.finished != self._last_logged_count:
+                M.log_batch(
+                    c,
+                    ctx.parent_run_id,
+                    metrics={
+                        "hypervolume": front.hypervolume,
+                        "pareto_size": len(front.front),
+                        "trials_finished": front.finished,
+                        "trials_failed": front.failed,
+                    },
+                    step=front.finished,
+                    tags={"hypervolume_reference": json.dumps(list(front.reference))},
+                )
+                self._last_logged_count = front.finished
+            return front
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Publish the final front and end the parent run with ``status``.
+
+        Raises:
+            ValueError: ``status`` is not FINISHED, FAILED or KILLED.
+        """
+        if status not in _RUN_STATUSES:
+            raise ValueError(f"status must be one of {list(_RUN_STATUSES)}, but got {status!r}.")
+        ctx = self.context
+        try:
+            self.on_trial_complete()
+        finally:
+            M.retry(self._client.set_terminated, ctx.parent_run_id, status)
+
+
+class TrialTracker:
+    """Worker side: one trial's nested run. Works in any process given only the context.
+
+    Args:
+        ctx: from :meth:`StudyTracker.start`.
+        trial_number: the trial's number in the study (tag ``prunetune.trial``).
+        config: the trial config (mapping or ``TrialConfig``); logged flattened as params.
+
+    Use as a context manager to mark the run failed if the block raises.
+
+    Example:
+        >>> with TrialTracker(ctx, 3, cfg) as t:                          # doctest: +SKIP
+        ...     t.finish(run_trial(cfg, t.log_epoch))
+    """
+
+    def __init__(self, ctx: TrackingContext, trial_number: int, config: Mapping[str, Any] | Any):
+        self.ctx = ctx
+        self.trial_number = int(trial_number)
+        self._client = c = M.client(ctx.tracking_uri)
+        flat = _flat_config(config)
+        method = str(flat.get("method.name", ""))
+        tags = {
+            M.TAG_PARENT: ctx.parent_run_id,
+            M.TAG_STUDY: ctx.study_name,
+            M.TAG_ROLE: "trial",
+            M.TAG_TRIAL: str(self.trial_number),
+            "method": method,
+            "dataset": str(flat.get("dataset", "")),
+        }
+        name = f"trial-{self.trial_number:04d}"
+        run = M.retry(c.create_run, ctx.experiment_id, tags=tags, run_name=name)
+        self.run_id: str = run.info.run_id
+        M.log_batch(c, self.run_id, params=flat)
+        self._last_step = 0
+        self._last_ts = 0
+        self._epochs_logged = 0
+        self._done = False
+
+    def __enter__(self) -> TrialTracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and not self._done:
+            self.fail(f"{type(exc).__name__}: {exc}")
+
+    def log_epoch(self, row: Mapping[str, float]) -> None:
+        """Per-epoch metrics (``loss``, ``val_accuracy``, ``density``, ``temperature``, …) at
+        ``step`` = ``row["epoch"]`` (or the next step if the row has no epoch)."""
+        step = int(row["epoch"]) if "epoch" in row else self._last_step + 1
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        ts = max(int(time.time() * 1000), self._last_ts + 1)
+        self._last_ts = M.log_batch(
+            self._client, self.run_id, metrics=metrics, step=step, timestamp_ms=ts
+        )
+        self._last_step = max(self._last_step, step)
+        self._epochs_logged += 1
+
+    def finish(self, result: TrialResult) -> str:
+        """Log final metrics, per-layer density and the compact model; end the run FINISHED.
+
+        Final metrics are logged at the last epoch's step, after the epoch rows, so they are
+        the run's latest values (the exported model's, not the masked model's).
+
+        Returns:
+            the child run's id.
+        """
+        c = self._client
+        if self._epochs_logged == 0:  # the caller did not stream epochs: log the history now
+            for row in result.history:
+                self.log_epoch(row)
+        metrics: dict[str, float] = {k: v for k, v in result.metrics.items()}
+        for layer, d in (result.per_layer or {}).items():
+            for k in ("density", "weight_density", "units", "units_dense", "kept", "total"):
+                if k in d:
+                    metrics[f"layer.{layer}.{k}"] = d[k]
+        ts = max(int(time.time() * 1000), self._last_ts + 1)
+        self._last_ts = M.log_batch(c, self.run_id, metrics=metrics, step=self._last_step, timestamp_ms=ts)
+        with tempfile.TemporaryDirectory(prefix="prunetune-trial-") as tmp:
+            _write_trial_files(result, Path(tmp))
+            M.retry(c.log_artifacts, self.run_id, tmp)
+        M.retry(c.set_terminated, self.run_id, "FINISHED")
+        self._done = True
+        return self.run_id
+
+    def fail(self, reason: str) -> None:
+        """End the run FAILED with ``reason`` in the tag ``prunetune.failure``."""
+        M.retry(self._client.set_tag, self.run_id, M.TAG_FAILURE, str(reason)[: M.MAX_TAG_LENGTH])
+        M.retry(self._client.set_terminated, self.run_id, "FAILED")
+        self._done = True
+
+
+def _flat_config(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The trial config validated and flattened (``model.widths``, ``method.lam``…)."""
+    from prunetune.search._errors import ConfigError
+    from prunetune.search.trial import flat_config, parse_config
+
+    try:
+        return flat_config(parse_config(config))
+    except ConfigError:  # invalid configs still get a run, so their failure is recorded
+        raw = config.model_dump() if hasattr(config, "model_dump") else dict(config)
+        return M.flatten(raw)
+
+
+def _write_trial_files(result: TrialResult, d: Path) -> None:
+    """``model/{weights.pt,arch.json,kept_units.json}``, ``metrics/config/history/per_layer.json``."""
+    import torch
+
+    def dump(name: str, obj: Any) -> None:
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+    dump("metrics.json", result.metrics)
+    dump("config.json", result.config)
+    dump("history.json", result.history)
+    dump("per_layer.json", result.per_layer)
+    ex = result.export
+    if ex is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in ex.model.state_dict().items()}
+        (d / "model").mkdir(exist_ok=True)
+        torch.save(state, d / "model" / "weights.pt")
+        dump("model/arch.json", ex.arch)
+        dump("model/kept_units.json", ex.kept_units)
+
+
+__all__ = ["StudyTracker", "TrackingContext", "TrialTracker", "resolve_tracking_uri"]

@@ -1,0 +1,123 @@
+"""Malformed study specs: one message naming field and value, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from prunetune.search.cli import app
+from prunetune.search.spec import load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+
+
+def _with(path: str, value, base=None):
+    """Copy of the quick-start spec with ``path`` (dotted) set to ``value`` (or deleted)."""
+    spec = copy.deepcopy(base or BASE)
+    keys = path.split(".")
+    node = spec
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    if value is _DELETE:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+    return spec
+
+
+_DELETE = object()
+
+MALFORMED = [
+    # (dotted path, bad value, regex the message must match — field path and value)
+    ("unknown_key", 1, r"unknown_key: is not a known field, got 1"),
+    ("dataset", "cifar10", r"dataset: .*must be one of .*got 'cifar10'"),
+    ("methods.obd", {}, r"methods\.obd: unknown pruning method 'obd'"),
+    ("methods.gumbel.lam", [10.0, 0.01], r"`low <= high` must hold in methods\.gumbel\.lam, but got \[10\.0, 0\.01\]"),
+    ("methods.gumbel.lam", [-1.0, 1.0], r"methods\.gumbel\.lam\[0\] must be in \[0\.0001, 1000\.0\], but got -1\.0"),
+    ("methods.gumbel.schedule", ["exponential", "step"], r"methods\.gumbel\.schedule\[1\] must be one of .* but got 'step'"),
+    ("methods.gumbel.lamda", 1.0, r"methods\.gumbel\.lamda: not a hyperparameter of 'gumbel'.* got 'lamda'"),
+    ("methods.gumbel.granularity", [], r"methods\.gumbel\.granularity must list at least one choice, but got \[\]"),
+    ("methods", {}, r"methods: must name at least one pruning method.* got \{\}"),
+    ("model.width", [128, 16], r"model\.width: .*`low <= high` must hold, got \[128, 16\]"),
+    ("model.depth", [0, 2], r"model\.depth: .*must be >= 1, got 0"),
+    ("model.family", "resnet", r"model\.family: .*got 'resnet'"),
+    ("model.activation", "swish", r"model\.activation: .*got 'swish'"),
+    ("train.lr", [0.1, 0.001], r"`low <= high` must hold in train\.lr, but got \[0\.1, 0\.001\]"),
+    ("train.epochs", 0, r"train\.epochs: .*greater than or equal to 1.*got 0"),
+    ("train.optimizer", "lbfgs", r"train\.optimizer must be one of \['adam', 'adamw', 'sgd'\], but got 'lbfgs'"),
+    ("search.sampler", "cmaes", r"search\.sampler: .*got 'cmaes'"),
+    ("search.n_trials", -3, r"search\.n_trials: .*got -3"),
+    ("search.resources.gpu", -1, r"search\.resources\.gpu: .*got -1"),
+    ("search.storage", "optuna.db", r"search\.storage: .*must be a storage URL.*got 'optuna\.db'"),
+    ("objectives.min_val_accuracy", 1.5, r"objectives\.min_val_accuracy: .*got 1\.5"),
+    ("name", "bad name!", r"name: .*got 'bad name!'"),
+    ("dataset", _DELETE, r"dataset: Field required"),
+    ("model.family", "lenet5", r"model\.family 'lenet5' needs images of at least 20x20.*'digits'"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "match"), MALFORMED, ids=[f"{p}={v!r}"[:60] for p, v, _ in MALFORMED])
+def test_malformed_spec_exits_2_naming_field_and_value(tmp_path, monkeypatch, path, value, match):
+    spec_file = tmp_path / "spec" / "bad.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(yaml.safe_dump(_with(path, value)))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["search", str(spec_file), "--workdir", str(work)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert "error:" in message
+    assert __import__("re").search(match, message), message
+    assert os.listdir(work) == []  # no storage file, no MLflow store, no Ray results
+
+
+def test_missing_spec_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", "nope.yaml"])
+    assert result.exit_code == 2
+    assert "study spec 'nope.yaml' does not exist" in " ".join(result.output.split())
+    assert os.listdir(tmp_path) == []
+
+
+def test_invalid_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: [unclosed\n")
+    result = CliRunner().invoke(app, ["search", "s.yaml"])
+    assert result.exit_code == 2
+    assert "not valid YAML" in result.output
+    assert os.listdir(tmp_path) == ["s.yaml"]
+
+
+def test_missing_dataset_files_fail_before_anything_is_created(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRUNETUNE_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "nocache"))
+    spec = _with("dataset", "mnist")
+    spec["model"]["family"] = "mlp"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["search", "s.yaml"])
+    assert result.exit_code == 2
+    assert "dataset 'mnist'" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["s.yaml"]
+
+
+def test_shipped_studies_are_valid():
+    names = sorted(p.name for p in (REPO / "studies").glob("*.yaml"))
+    assert {"quickstart.yaml", "fashion-mlp.yaml", "fashion-lenet5.yaml", "mnist-lenet300.yaml"} <= set(names)
+    for name in names:
+        assert load_spec(REPO / "studies" / name).spec.name
+
+
+def test_ranges_are_checked_against_the_method_table():
+    v = parse_spec(_with("methods.gumbel.lam", [0.5, 2.0]))
+    assert v.method_ranges["gumbel"]["lam"] == (0.5, 2.0)
+    assert v.method_ranges["gumbel"]["penalty"] == ("density",)
+    assert v.train_ranges["lr"] == (0.001, 0.01)

@@ -151,4 +151,3 @@ def describe(table: HParamTable) -> list[dict[str, Any]]:
             rng = f"[{p.low}, {p.high}]" + (" log" if p.log else "")
         rows.append({"name": name, "range": rng, "default": p.default, "help": p.help})
     return rows
-

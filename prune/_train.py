@@ -109,10 +109,12 @@ def _optimizer(model: nn.Module, method: PruningMethod, cfg: TrainConfig) -> tor
     taken = {id(p) for g in extra for p in g["params"]}
     weights = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": weights, "weight_decay": cfg.weight_decay}, *extra]
+    # Fused kernels: one pass per parameter instead of ~10 (mask logits double the state).
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr)
+    return cls(groups, lr=cfg.lr, fused=fused or None)
 
 
 def train(

@@ -162,20 +162,32 @@ def train(
 
 @app.command()
 def search(
-    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="study spec, e.g. studies/quickstart.yaml")],
-    fresh: Annotated[bool, typer.Option(help="start a new study instead of continuing the latest")] = False,
+    spec_path: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="study spec, e.g. studies/quickstart.yaml")
+    ],
+    fresh: Annotated[
+        bool, typer.Option(help="start a new study instead of continuing the latest")
+    ] = False,
     ray_address: Annotated[
         str | None, typer.Option(help="join an existing Ray cluster (host:port or ray://...)")
     ] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///optuna.db)")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default sqlite:///optuna.db)")
+    ] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+        ),
     ] = None,
     n_trials: Annotated[int | None, typer.Option(min=1, help="override search.n_trials")] = None,
-    max_concurrent: Annotated[int | None, typer.Option(min=1, help="override search.max_concurrent")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(min=1, help="override search.max_concurrent")
+    ] = None,
     workdir: Annotated[Path, typer.Option(help="where default stores are written")] = Path("."),
     register: Annotated[
-        bool | None, typer.Option("--register/--no-register", help="register the selected models at the end")
+        bool | None,
+        typer.Option("--register/--no-register", help="register the selected models at the end"),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no live progress view")] = False,
 ) -> None:
@@ -191,7 +203,9 @@ def search(
     try:
         vspec = load_spec(spec_path)
         if storage is not None and "://" not in storage:
-            raise ConfigError(f"--storage must be a URL such as sqlite:///optuna.db, but got {storage!r}.")
+            raise ConfigError(
+                f"--storage must be a URL such as sqlite:///optuna.db, but got {storage!r}."
+            )
         _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
     except ConfigError as e:
         raise _fail(str(e)) from None
@@ -228,19 +242,27 @@ def _preflight_data(dataset: str, data_dir: str | None) -> None:
 
 def _print_outcome(outcome: Any) -> None:
     out = Console()
-    table = Table(title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, {outcome.failed} failed)")
+    table = Table(
+        title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, {outcome.failed} failed)"
+    )
     for col in ("trial", "method", "params", "val_accuracy"):
         table.add_column(col, justify="right")
     for r in outcome.front:
-        table.add_row(str(r["trial"]), str(r["method"]), f"{r['params']:,}", f"{r['val_accuracy']:.4f}")
+        table.add_row(
+            str(r["trial"]), str(r["method"]), f"{r['params']:,}", f"{r['val_accuracy']:.4f}"
+        )
     out.print(table)
     out.print(f"Optuna storage: {outcome.storage}  (optuna-dashboard {outcome.storage})")
     if outcome.tracking_uri:
-        out.print(f"MLflow: {outcome.tracking_uri}  — `prunetune ui` opens it; `prunetune pareto {outcome.study_name}`")
+        out.print(
+            f"MLflow: {outcome.tracking_uri}  — `prunetune ui` opens it; `prunetune pareto {outcome.study_name}`"
+        )
     for reg in outcome.registered or []:
         out.print(f"registered: {reg}")
     if outcome.registered:
-        out.print("fetch one with `prunetune fetch NAME@ALIAS -o DIR` or prunetune.fetch(\"NAME@ALIAS\")")
+        out.print(
+            'fetch one with `prunetune fetch NAME@ALIAS -o DIR` or prunetune.fetch("NAME@ALIAS")'
+        )
 
 
 @app.command()
@@ -259,6 +281,9 @@ def methods() -> None:
         for row in describe(cls.hparams):
             table.add_row(row["name"], row["range"], str(row["default"]), row["help"])
         out.print(table)
+
+
+from prunetune.search import cli_tracking as _cli_tracking  # noqa: E402,F401  (registers pareto/register/fetch/models/ui)
 
 
 def main() -> None:

@@ -77,6 +77,7 @@ class StudyOutcome:
     registered: list[Any] = field(default_factory=list)
     wall_seconds: float = 0.0
     trial_timings: list[dict[str, float]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)  # final Tune results of this run
 
 
 # -- Optuna study ----------------------------------------------------------------------------
@@ -88,7 +89,10 @@ def _study_names(storage: str, base: str) -> list[str]:
     import optuna
 
     pat = re.compile(rf"^{re.escape(base)}(?:~(\d+))?$")
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    names = [
+        s.study_name
+        for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+    ]
     return sorted((n for n in names if pat.match(n)), key=lambda n: int(pat.match(n).group(1) or 1))  # type: ignore[union-attr]
 
 
@@ -112,7 +116,9 @@ def prepare_study(vspec: ValidatedSpec, storage: str, fresh: bool) -> tuple[Any,
         name = f"{base}~{len(names) + 1}"
     else:
         name = names[-1]
-    study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True
+    )
     fp = vspec.spec.fingerprint()
     old = study.user_attrs.get("spec_fingerprint")
     if old is None:
@@ -133,7 +139,11 @@ def count_states(study: Any) -> dict[str, int]:
     from collections import Counter
 
     c = Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    return {"COMPLETE": c.get("COMPLETE", 0), "FAIL": c.get("FAIL", 0), "RUNNING": c.get("RUNNING", 0)}
+    return {
+        "COMPLETE": c.get("COMPLETE", 0),
+        "FAIL": c.get("FAIL", 0),
+        "RUNNING": c.get("RUNNING", 0),
+    }
 
 
 # -- the trial as Ray sees it ----------------------------------------------------------------
@@ -207,7 +217,9 @@ def _searcher_class() -> type:
             import json
 
             with open(checkpoint_path, "w") as f:
-                json.dump({"optuna_study": self._study_name, "note": "state is in the Optuna storage"}, f)
+                json.dump(
+                    {"optuna_study": self._study_name, "note": "state is in the Optuna storage"}, f
+                )
 
         def restore(self, checkpoint_path: str) -> None:
             raise NotImplementedError("prunetune resumes studies from the Optuna storage")
@@ -253,15 +265,38 @@ def _tune_callbacks(key: str) -> tuple[Any, Any]:
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if st := _live(self.key):
-                st.errored(trial.trial_id, str(getattr(trial, "error_msg", "") or "error"))
+                st.errored(trial.trial_id, _error_summary(trial))
 
     return FailureStopper(), Events()
+
+
+def _error_summary(trial: Any) -> str:
+    """``'FileNotFoundError: …'`` from a failed Tune trial's stored traceback."""
+    text = ""
+    try:
+        local = trial.error_file  # the driver's staging copy, written before callbacks run
+        if local and Path(local).exists():
+            text = Path(local).read_text()
+        else:
+            text = trial.get_error() or ""
+    except Exception:  # the error file may be gone; the failure itself is what matters
+        pass
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if (
+            re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:", ln)
+            and "RayTaskError" not in ln
+        ):
+            return ln[:500]
+    return lines[-1][:500] if lines else "unknown error"
 
 
 class _LiveState:
     """Counts and front for the progress view; Pareto tracking updates off the event loop."""
 
-    def __init__(self, total: int, already: int, max_failures: int, on_complete: Callable[[], None] | None) -> None:
+    def __init__(
+        self, total: int, already: int, max_failures: int, on_complete: Callable[[], None] | None
+    ) -> None:
         self.total, self.already, self.max_failures = total, already, max_failures
         self.t0 = time.time()
         self.running: dict[str, float] = {}
@@ -275,7 +310,9 @@ class _LiveState:
         self._on_complete = on_complete
         self._worker: threading.Thread | None = None
         if on_complete is not None:
-            self._worker = threading.Thread(target=self._pareto_loop, name="pareto-updater", daemon=True)
+            self._worker = threading.Thread(
+                target=self._pareto_loop, name="pareto-updater", daemon=True
+            )
             self._worker.start()
 
     def _pareto_loop(self) -> None:
@@ -303,7 +340,11 @@ class _LiveState:
             if result.get("final"):
                 self.done.append(result)
                 self.timings.append(
-                    {"driver_seconds": now - start, "train_seconds": float(result.get("seconds", 0.0)), "total_seconds": float(result.get("total_seconds", 0.0))}
+                    {
+                        "driver_seconds": now - start,
+                        "train_seconds": float(result.get("seconds", 0.0)),
+                        "total_seconds": float(result.get("total_seconds", 0.0)),
+                    }
                 )
             else:
                 self.failed += 1
@@ -337,7 +378,10 @@ class _LiveState:
             budgets = [dense * f for f in (0.01, 0.05, 0.25, 1.0)]
             best = best_under_budgets(pts, budgets)
             t.add_row(
-                *(f"≤{100 * f:g}% params: " + (f"{best[b]:.3f}" if best[b] is not None else "–") for f, b in zip((0.01, 0.05, 0.25, 1.0), budgets, strict=True)),
+                *(
+                    f"≤{100 * f:g}% params: " + (f"{best[b]:.3f}" if best[b] is not None else "–")
+                    for f, b in zip((0.01, 0.05, 0.25, 1.0), budgets, strict=True)
+                ),
                 "",
             )
         return t
@@ -349,6 +393,8 @@ def _ray_init(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Workers read data locations from the driver's environment, not from their own.
+    env = {k: os.environ[k] for k in ("PRUNETUNE_DATA", "PRUNETUNE_CACHE") if k in os.environ}
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # prunetune shows its own progress
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -358,6 +404,7 @@ def _ray_init(address: str | None) -> bool:
         log_to_driver=False,
         logging_level=logging.ERROR,
         configure_logging=True,
+        runtime_env={"env_vars": env} if env else None,
     )
     return True
 
@@ -403,7 +450,12 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         )
         ctx = tracker.start()
 
-    state = _LiveState(n_trials, states["COMPLETE"], spec.search.max_failures, tracker.on_trial_complete if tracker else None)
+    state = _LiveState(
+        n_trials,
+        states["COMPLETE"],
+        spec.search.max_failures,
+        tracker.on_trial_complete if tracker else None,
+    )
     live = None
     try:
         if remaining > 0:
@@ -447,7 +499,12 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             if opts.progress and sys.stderr.isatty():
                 from rich.live import Live
 
-                live = Live(state.render(), refresh_per_second=2, transient=False, get_renderable=state.render)
+                live = Live(
+                    state.render(),
+                    refresh_per_second=2,
+                    transient=False,
+                    get_renderable=state.render,
+                )
                 live.start()
             elif opts.progress:
                 _start_line_progress(state)
@@ -475,6 +532,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         front=front,
         wall_seconds=time.time() - t0,
         trial_timings=state.timings,
+        results=list(state.done),
     )
     register = spec.tracking.register_models if opts.register is None else opts.register
     if tracker is not None:
@@ -546,4 +604,11 @@ def _start_line_progress(state: _LiveState) -> None:
     threading.Thread(target=loop, daemon=True, name="progress-lines").start()
 
 
-__all__ = ["RunOptions", "StudyFailed", "StudyOutcome", "prepare_study", "resolve_storage", "run_study"]
+__all__ = [
+    "RunOptions",
+    "StudyFailed",
+    "StudyOutcome",
+    "prepare_study",
+    "resolve_storage",
+    "run_study",
+]

@@ -50,7 +50,9 @@ class ModelSpace(_Strict):
     )
     width: tuple[int, int] | int = Field((16, 128), description="per-layer width [min, max]")
     width_log: bool = True
-    widths: tuple[int, ...] | None = Field(None, description="fixed hidden widths; overrides depth/width")
+    widths: tuple[int, ...] | None = Field(
+        None, description="fixed hidden widths; overrides depth/width"
+    )
     channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5), fixed")
     activation: tuple[str, ...] | str = "relu"
 
@@ -136,7 +138,9 @@ class Tracking(_Strict):
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
     )
     experiment: str | None = None
-    register_models: bool = Field(True, alias="register", description="register selected models at the end")
+    register_models: bool = Field(
+        True, alias="register", description="register selected models at the end"
+    )
 
 
 class StudySpec(_Strict):

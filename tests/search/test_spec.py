@@ -38,11 +38,31 @@ MALFORMED = [
     ("unknown_key", 1, r"unknown_key: is not a known field, got 1"),
     ("dataset", "cifar10", r"dataset: .*must be one of .*got 'cifar10'"),
     ("methods.obd", {}, r"methods\.obd: unknown pruning method 'obd'"),
-    ("methods.gumbel.lam", [10.0, 0.01], r"`low <= high` must hold in methods\.gumbel\.lam, but got \[10\.0, 0\.01\]"),
-    ("methods.gumbel.lam", [-1.0, 1.0], r"methods\.gumbel\.lam\[0\] must be in \[0\.0001, 1000\.0\], but got -1\.0"),
-    ("methods.gumbel.schedule", ["exponential", "step"], r"methods\.gumbel\.schedule\[1\] must be one of .* but got 'step'"),
-    ("methods.gumbel.lamda", 1.0, r"methods\.gumbel\.lamda: not a hyperparameter of 'gumbel'.* got 'lamda'"),
-    ("methods.gumbel.granularity", [], r"methods\.gumbel\.granularity must list at least one choice, but got \[\]"),
+    (
+        "methods.gumbel.lam",
+        [10.0, 0.01],
+        r"`low <= high` must hold in methods\.gumbel\.lam, but got \[10\.0, 0\.01\]",
+    ),
+    (
+        "methods.gumbel.lam",
+        [-1.0, 1.0],
+        r"methods\.gumbel\.lam\[0\] must be in \[0\.0001, 1000\.0\], but got -1\.0",
+    ),
+    (
+        "methods.gumbel.schedule",
+        ["exponential", "step"],
+        r"methods\.gumbel\.schedule\[1\] must be one of .* but got 'step'",
+    ),
+    (
+        "methods.gumbel.lamda",
+        1.0,
+        r"methods\.gumbel\.lamda: not a hyperparameter of 'gumbel'.* got 'lamda'",
+    ),
+    (
+        "methods.gumbel.granularity",
+        [],
+        r"methods\.gumbel\.granularity must list at least one choice, but got \[\]",
+    ),
     ("methods", {}, r"methods: must name at least one pruning method.* got \{\}"),
     ("model.width", [128, 16], r"model\.width: .*`low <= high` must hold, got \[128, 16\]"),
     ("model.depth", [0, 2], r"model\.depth: .*must be >= 1, got 0"),
@@ -50,7 +70,11 @@ MALFORMED = [
     ("model.activation", "swish", r"model\.activation: .*got 'swish'"),
     ("train.lr", [0.1, 0.001], r"`low <= high` must hold in train\.lr, but got \[0\.1, 0\.001\]"),
     ("train.epochs", 0, r"train\.epochs: .*greater than or equal to 1.*got 0"),
-    ("train.optimizer", "lbfgs", r"train\.optimizer must be one of \['adam', 'adamw', 'sgd'\], but got 'lbfgs'"),
+    (
+        "train.optimizer",
+        "lbfgs",
+        r"train\.optimizer must be one of \['adam', 'adamw', 'sgd'\], but got 'lbfgs'",
+    ),
     ("search.sampler", "cmaes", r"search\.sampler: .*got 'cmaes'"),
     ("search.n_trials", -3, r"search\.n_trials: .*got -3"),
     ("search.resources.gpu", -1, r"search\.resources\.gpu: .*got -1"),
@@ -62,7 +86,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "match"), MALFORMED, ids=[f"{p}={v!r}"[:60] for p, v, _ in MALFORMED])
+@pytest.mark.parametrize(
+    ("path", "value", "match"), MALFORMED, ids=[f"{p}={v!r}"[:60] for p, v, _ in MALFORMED]
+)
 def test_malformed_spec_exits_2_naming_field_and_value(tmp_path, monkeypatch, path, value, match):
     spec_file = tmp_path / "spec" / "bad.yaml"
     spec_file.parent.mkdir()
@@ -111,7 +137,12 @@ def test_missing_dataset_files_fail_before_anything_is_created(tmp_path, monkeyp
 
 def test_shipped_studies_are_valid():
     names = sorted(p.name for p in (REPO / "studies").glob("*.yaml"))
-    assert {"quickstart.yaml", "fashion-mlp.yaml", "fashion-lenet5.yaml", "mnist-lenet300.yaml"} <= set(names)
+    assert {
+        "quickstart.yaml",
+        "fashion-mlp.yaml",
+        "fashion-lenet5.yaml",
+        "mnist-lenet300.yaml",
+    } <= set(names)
     for name in names:
         assert load_spec(REPO / "studies" / name).spec.name
 

@@ -1,0 +1,95 @@
+"""The runner with a real local Ray and real Optuna storage: reproducibility, resume, failures."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from prunetune.search._errors import ConfigError
+from prunetune.search.runner import RunOptions, StudyFailed, prepare_study, run_study
+from prunetune.search.spec import parse_spec
+
+
+def _run(spec, workdir, **kw):
+    return run_study(parse_spec(spec), RunOptions(workdir=workdir, progress=False, **kw))
+
+
+def _trials(workdir, name="tiny"):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_same_seed_same_configs_and_different_seed_differs(ray_local, tiny_spec, tmp_path):
+    a = _run(tiny_spec, tmp_path / "a")
+    b = _run(tiny_spec, tmp_path / "b")
+    tiny_spec["search"]["seed"] = 1
+    c = _run(tiny_spec, tmp_path / "c")
+    assert a.completed == b.completed == c.completed == 4
+    pa = [t.params for t in _trials(tmp_path / "a")]
+    pb = [t.params for t in _trials(tmp_path / "b")]
+    pc = [t.params for t in _trials(tmp_path / "c")]
+    assert pa == pb
+    assert pa != pc
+    # Same config and training seed → the same objective values.
+    assert [t.values for t in _trials(tmp_path / "a")] == [
+        t.values for t in _trials(tmp_path / "b")
+    ]
+    # The method is conditional: only the sampled method's hyperparameters are present.
+    assert all(all(k.startswith(("gumbel.", "model.", "train.")) for k in p) for p in pa)
+
+
+def test_rerun_continues_until_n_trials_complete(ray_local, tiny_spec, tmp_path):
+    tiny_spec["search"]["n_trials"] = 2
+    _run(tiny_spec, tmp_path)
+    first = {t.number: t.values for t in _trials(tmp_path)}
+    tiny_spec["search"]["n_trials"] = 4
+    out = _run(tiny_spec, tmp_path)
+    trials = _trials(tmp_path)
+    assert out.completed == 4
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert {n: v for n, v in ((t.number, t.values) for t in trials) if n in first} == first
+    # Already complete: a third run starts nothing.
+    again = _run(tiny_spec, tmp_path)
+    assert again.completed == 4 and len(_trials(tmp_path)) == 4
+
+
+def test_fresh_starts_a_new_study(ray_local, tiny_spec, tmp_path):
+    tiny_spec["search"]["n_trials"] = 1
+    _run(tiny_spec, tmp_path)
+    out = _run(tiny_spec, tmp_path, fresh=True)
+    assert out.study_name == "tiny~2"
+    assert len(_trials(tmp_path, "tiny~2")) == 1
+
+
+def test_changed_search_space_needs_fresh(ray_local, tiny_spec, tmp_path):
+    tiny_spec["search"]["n_trials"] = 1
+    _run(tiny_spec, tmp_path)
+    tiny_spec["methods"]["gumbel"]["lam"] = [0.1, 1.0]
+    with pytest.raises(ConfigError, match="different search space.*--fresh"):
+        _run(tiny_spec, tmp_path)
+
+
+def test_trials_left_running_by_a_dead_driver_are_failed(tiny_spec, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    vspec = parse_spec(tiny_spec)
+    study, _ = prepare_study(vspec, storage, fresh=False)
+    study.ask()  # a trial the "dead driver" never told
+    study, _ = prepare_study(vspec, storage, fresh=False)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_failing_trials_are_recorded_and_stop_the_study_past_max_failures(
+    ray_local, tiny_spec, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PRUNETUNE_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "none"))
+    tiny_spec["dataset"] = "mnist"  # files missing: every trial raises FileNotFoundError
+    tiny_spec["search"]["max_failures"] = 1
+    tiny_spec["search"]["n_trials"] = 6
+    with pytest.raises(
+        StudyFailed, match=r"2 trials failed \(search.max_failures is 1\).*FileNotFoundError"
+    ):
+        _run(tiny_spec, tmp_path)
+    states = [t.state for t in _trials(tmp_path)]
+    assert states.count(optuna.trial.TrialState.FAIL) >= 2
+    assert optuna.trial.TrialState.COMPLETE not in states

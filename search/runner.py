@@ -418,6 +418,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     """
     import optuna
     from ray import tune
+
     from prunetune.search.space import make_sampler
 
     opts = opts or RunOptions()

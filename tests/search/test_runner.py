@@ -65,7 +65,7 @@ def test_changed_search_space_needs_fresh(ray_local, tiny_spec, tmp_path):
     tiny_spec["search"]["n_trials"] = 1
     _run(tiny_spec, tmp_path)
     tiny_spec["methods"]["gumbel"]["lam"] = [0.1, 1.0]
-    with pytest.raises(ConfigError, match="different search space.*--fresh"):
+    with pytest.raises(ConfigError, match=r"different search space.*--fresh"):
         _run(tiny_spec, tmp_path)
 
 

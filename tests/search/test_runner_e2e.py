@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import write_spec  # tests/search/conftest.py
+
 from prunetune.search.runner import RunOptions, run_study
 from prunetune.search.spec import parse_spec
 
@@ -52,10 +53,9 @@ def test_sigkill_driver_then_rerun_loses_and_duplicates_nothing(tiny_spec, tmp_p
         driver.wait(timeout=30)
     finally:
         time.sleep(2)
-        try:  # Ray processes the dead driver started (same session), so the rerun starts clean
+        # Ray processes the dead driver started (same session), so the rerun starts clean.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert len(before) >= 3
     assert len(before) < 8, "the driver finished before it was killed; make trials longer"
 

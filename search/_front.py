@@ -184,17 +184,24 @@ def front_png(f: StudyFront, path: Path) -> None:
         ys = [f.points[i][0] for i in f.front]  # type: ignore[index]
         ax.step(xs, ys, where="post", color="tab:blue", alpha=0.6, linewidth=1.2)
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3, label=f"Pareto front ({len(xs)})")
+        lo, hi = math.log10(min(xs)), math.log10(max(xs))
         for i, x, y in zip(f.front, xs, ys, strict=True):
             label = f"#{f.records[i].trial}"
             if m := f.marks(i):
                 label += " " + "/".join(m)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            right = hi > lo and (math.log10(x) - lo) / (hi - lo) > 0.7  # keep labels inside
+            ax.annotate(
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(-4, 4) if right else (4, 4),
+                ha="right" if right else "left",
+                fontsize=7,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("kept parameters (log scale)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(
-        f"{f.study}: {f.finished} trials, hypervolume {f.hypervolume:.4g}", fontsize=10
-    )
+    ax.set_title(f"{f.study}: {f.finished} trials, hypervolume {f.hypervolume:.4g}", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     if f.front or dom:
         ax.legend(loc="lower right", fontsize=8)
@@ -261,9 +268,7 @@ def spec_objectives(parent_params: dict[str, str]) -> tuple[list[float] | None, 
 
     ref = parse_param(parent_params.get("objectives.reference_point"))
     floor = parse_param(parent_params.get("objectives.min_val_accuracy"))
-    ok_ref = (
-        [float(ref[0]), float(ref[1])] if isinstance(ref, list) and len(ref) == 2 else None
-    )
+    ok_ref = [float(ref[0]), float(ref[1])] if isinstance(ref, list) and len(ref) == 2 else None
     return ok_ref, (float(floor) if isinstance(floor, int | float) else None)
 
 

@@ -108,6 +108,22 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///") :].split("?")[0])
 
 
+def existing_client(tracking_uri: str) -> MlflowClient:
+    """A client for reading a store that must already exist (MLflow would silently create an
+    empty SQLite database, e.g. in the working directory, when fetching from a wrong path).
+
+    Raises:
+        ConfigError: a ``sqlite:///`` URI whose file does not exist.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(
+            f"no MLflow store at {db} (tracking URI {tracking_uri!r}); pass the study's "
+            "tracking URI (--tracking-uri / tracking_uri=) or set MLFLOW_TRACKING_URI."
+        )
+    return client(tracking_uri)
+
+
 def default_artifact_root(tracking_uri: str) -> str | None:
     """``<db dir>/mlartifacts`` for a SQLite store; ``None`` lets a server or file store decide."""
     db = sqlite_path(tracking_uri)
@@ -251,7 +267,11 @@ def get_or_create_experiment(c: MlflowClient, name: str, tracking_uri: str) -> s
     if exp is None:
         try:
             return retry(
-                c.create_experiment, name, artifact_location=default_artifact_root(tracking_uri)
+                c.create_experiment,
+                name,
+                artifact_location=default_artifact_root(tracking_uri),
+                # the MLflow 3 UI then opens on its "model training" views, not GenAI
+                tags={"mlflow.experimentKind": "custom_model_development"},
             )
         except Exception:
             exp = retry(c.get_experiment_by_name, name)  # created meanwhile by another process
@@ -267,7 +287,10 @@ def get_or_create_experiment(c: MlflowClient, name: str, tracking_uri: str) -> s
 
 
 def search_all(
-    c: MlflowClient, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+    c: MlflowClient,
+    experiment_ids: list[str],
+    filter_string: str,
+    order_by: list[str] | None = None,
 ) -> list[Run]:
     """Every run matching ``filter_string`` (all pages)."""
     out: list[Run] = []
@@ -415,7 +438,7 @@ class TrialRecord:
 
 
 def _int(v: float | None) -> int | None:
-    return None if v is None or not math.isfinite(v) else int(round(v))
+    return None if v is None or not math.isfinite(v) else round(v)
 
 
 def trial_records(runs: Iterable[Run]) -> list[TrialRecord]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -209,6 +210,7 @@ def search(
         _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
     except ConfigError as e:
         raise _fail(str(e)) from None
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     opts = RunOptions(
         workdir=workdir,
         ray_address=ray_address,
@@ -257,11 +259,26 @@ def _print_outcome(outcome: Any) -> None:
         out.print(
             f"MLflow: {outcome.tracking_uri}  — `prunetune ui` opens it; `prunetune pareto {outcome.study_name}`"
         )
-    for reg in outcome.registered or []:
-        out.print(f"registered: {reg}")
     if outcome.registered:
+        reg_table = Table(title="registered models")
+        for col in ("model", "aliases", "trial", "params", "val_accuracy", "test_accuracy"):
+            reg_table.add_column(col, justify="right")
+        for r in outcome.registered:
+            reg_table.add_row(
+                f"{r.name} v{r.version}",
+                ", ".join(r.aliases) or "-",
+                str(r.trial),
+                f"{r.params:,} ({100 * r.params / r.params_dense:.1f}%)",
+                f"{r.val_accuracy:.4f}",
+                f"{r.test_accuracy:.4f}",
+            )
+        out.print(reg_table)
+        first = outcome.registered[0]
+        ref = (
+            f"{first.name}@{first.aliases[0]}" if first.aliases else f"{first.name}/{first.version}"
+        )
         out.print(
-            'fetch one with `prunetune fetch NAME@ALIAS -o DIR` or prunetune.fetch("NAME@ALIAS")'
+            f'next: `prunetune fetch {ref} -o model/ --verify`, or prunetune.fetch("{ref}") in Python'
         )
 
 
@@ -283,6 +300,7 @@ def methods() -> None:
         out.print(table)
 
 
+from prunetune.search import cli_explain as _cli_explain  # noqa: E402,F401
 from prunetune.search import cli_tracking as _cli_tracking  # noqa: E402,F401  (registers pareto/register/fetch/models/ui)
 
 

@@ -416,11 +416,15 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     Raises:
         ConfigError: invalid options, or a spec whose search space changed since the study began.
     """
+    import warnings
+
     import optuna
     from ray import tune
 
     from prunetune.search.space import make_sampler
 
+    # The first ask imports torch-side modules; Ray's >1 s define-by-run warning is noise here.
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
     opts = opts or RunOptions()
     spec = vspec.spec
     workdir = opts.workdir.resolve()
@@ -537,13 +541,19 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     )
     register = spec.tracking.register_models if opts.register is None else opts.register
     if tracker is not None:
-        if register and trials:
-            from prunetune.search.registry import register_study
+        status = "FINISHED" if study_states["COMPLETE"] >= n_trials else "FAILED"
+        try:
+            if register and trials:
+                from prunetune.search.registry import register_study
 
-            outcome.registered = register_study(
-                tracking_uri, study_name, min_val_accuracy=spec.objectives.min_val_accuracy
-            )
-        tracker.finish("FINISHED" if study_states["COMPLETE"] >= n_trials else "FAILED")
+                outcome.registered = register_study(
+                    tracking_uri, study_name, min_val_accuracy=spec.objectives.min_val_accuracy
+                )
+        except Exception:
+            status = "FAILED"
+            raise
+        finally:
+            tracker.finish(status)
     if state.failed > spec.search.max_failures:
         raise StudyFailed(
             f"{state.failed} trials failed (search.max_failures is {spec.search.max_failures}); "

@@ -132,7 +132,9 @@ class StudyTracker:
             self.resumed = True
             M.retry(c.update_run, run_id, status="RUNNING")
             old = dict(parent.data.params)
-            changed = sorted(k for k, v in spec_params.items() if k in old and old[k] != M.param_value(v))
+            changed = sorted(
+                k for k, v in spec_params.items() if k in old and old[k] != M.param_value(v)
+            )
             new = {k: v for k, v in spec_params.items() if k not in old}
             extra_tags = {"prunetune.resumed": str(int(time.time()))}
             if changed:  # MLflow params are immutable; the current spec.json shows the change
@@ -314,7 +316,9 @@ class TrialTracker:
                 if k in d:
                     metrics[f"layer.{layer}.{k}"] = d[k]
         ts = max(int(time.time() * 1000), self._last_ts + 1)
-        self._last_ts = M.log_batch(c, self.run_id, metrics=metrics, step=self._last_step, timestamp_ms=ts)
+        self._last_ts = M.log_batch(
+            c, self.run_id, metrics=metrics, step=self._last_step, timestamp_ms=ts
+        )
         with tempfile.TemporaryDirectory(prefix="prunetune-trial-") as tmp:
             _write_trial_files(result, Path(tmp))
             M.retry(c.log_artifacts, self.run_id, tmp)

@@ -1,0 +1,343 @@
+"""CLI commands over the MLflow store: ``pareto``, ``register``, ``fetch``, ``models``, ``ui``.
+
+They register on :data:`prunetune.search.cli.app` when ``prunetune.search.cli`` is imported.
+Every command takes ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or
+``sqlite:///./mlflow.db``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# _cli_common first: `cli` imports the command modules (cli_explain needs TrackingUri, _uri
+# from here) at its end, so they must exist before the `cli` import below.
+from prunetune.search._cli_common import TrackingUri, _uri
+from prunetune.search._errors import ConfigError
+from prunetune.search.cli import _fail, app, console
+
+__all__ = ["TrackingUri", "server_command", "server_env", "wait_for_server"]
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec)
+
+
+@app.command()
+def pareto(
+    study: Annotated[str, typer.Argument(help="study name (the spec's `name`)")],
+    tracking_uri: TrackingUri = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Show a study's Pareto front (val accuracy ↑, kept parameters ↓) from MLflow."""
+    from prunetune.search import _mlflow as M
+    from prunetune.search._front import front_of_run
+
+    uri = _uri(tracking_uri)
+    try:
+        c = M.client(uri)
+        parent = M.require_study_run(c, study, uri)
+        front = front_of_run(c, parent)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        print(json.dumps(front.to_json(), default=str))
+        return
+    table = Table(
+        title=f"{study}: Pareto front of {front.finished} finished trials "
+        f"({front.failed} failed); hypervolume {front.hypervolume:.6g} "
+        f"w.r.t. (val {front.reference[0]:g}, params {front.reference[1]:,.0f})",
+        title_justify="left",
+    )
+    for col in ("trial", "params", "density", "val acc", "test acc", "method", "selected", "run"):
+        table.add_column(
+            col, justify="right" if col not in ("method", "selected", "run") else "left"
+        )
+    for row in front.front_rows():
+        table.add_row(
+            str(row["trial"]),
+            _fmt(row["params"], ","),
+            _fmt(row["density"], ".2%"),
+            _fmt(row["val_accuracy"]),
+            _fmt(row["test_accuracy"]),
+            row["method"],
+            ", ".join(row["selected_as"]),
+            row["run_id"],
+        )
+    Console().print(table)
+
+
+@app.command()
+def register(
+    study: Annotated[str, typer.Argument(help="study name")],
+    select: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--select",
+            "-s",
+            help="knee | smallest | most-accurate | all-pareto | min-val-accuracy=X "
+            "(repeatable; default knee, smallest, most-accurate)",
+        ),
+    ] = None,
+    min_val_accuracy: Annotated[
+        float | None,
+        typer.Option(help="floor for `smallest` (default: the spec's objectives)"),
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Register a study's selected trials as versions of the model named after the study."""
+    from prunetune.search.registry import DEFAULT_SELECT, register_study
+
+    uri = _uri(tracking_uri)
+    rules = [r for item in (select or DEFAULT_SELECT) for r in item.split(",") if r]
+    try:
+        versions = register_study(uri, study, rules, min_val_accuracy)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        print(json.dumps([{**v.__dict__, "uri": v.uri} for v in versions], default=list))
+        return
+    if not versions:
+        raise _fail(f"no finished trial of study {study!r} matches {rules}.", 1)
+    table = Table(title=f"registered model {study}", title_justify="left")
+    for col in ("version", "aliases", "selected by", "trial", "params", "val acc", "test acc"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(
+            v.version + ("" if v.created else " (existing)"),
+            ", ".join(v.aliases),
+            ", ".join(v.rules),
+            str(v.trial),
+            f"{v.params:,}",
+            _fmt(v.val_accuracy),
+            _fmt(v.test_accuracy),
+        )
+    Console().print(table)
+    console.print(f"fetch with: prunetune fetch {versions[0].uri} -o DIR", highlight=False)
+
+
+@app.command()
+def fetch(
+    uri: Annotated[str, typer.Argument(help="NAME@ALIAS (e.g. quickstart@knee) or NAME/VERSION")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory to write the model to")],
+    verify: Annotated[
+        bool,
+        typer.Option(help="re-evaluate on the test split; fail unless it equals the record"),
+    ] = False,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Write a registered model (compact weights, arch JSON, model card) to a directory."""
+    from prunetune.search.registry import fetch_to
+
+    turi = _uri(tracking_uri)
+    try:
+        got = fetch_to(uri, out, tracking_uri=turi)
+    except (ConfigError, ValueError) as e:
+        raise _fail(str(e), 1) from None
+    m = got.card.get("metrics", {})
+    console.print(
+        f"{got.name} v{got.version} ({', '.join(got.aliases) or 'no alias'}): "
+        f"{int(m.get('params', -1)):,} params, val {_fmt(m.get('val_accuracy'))}, "
+        f"test {_fmt(m.get('test_accuracy'))} → {out}",
+        highlight=False,
+    )
+    for f in got.files:
+        console.print(f"  {f}", highlight=False)
+    if verify:
+        _verify(got)
+
+
+def _verify(got: Any) -> None:
+    from prunetune.datasets import load_dataset
+    from prunetune.prune import evaluate
+    from prunetune.prune.export import count_params
+
+    card = got.card
+    dataset = card.get("dataset")
+    if not dataset:
+        raise _fail("cannot verify: the model card names no dataset.", 1)
+    try:
+        data = load_dataset(dataset, data_dir=card.get("data_dir"))
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(f"cannot verify: {e}", 1) from None
+    acc = evaluate(got.model, data.x_test, data.y_test)
+    recorded = float(card["metrics"]["test_accuracy"])
+    nz = count_params(got.model)
+    recorded_params = int(card["metrics"]["params"])
+    if acc != recorded or nz != recorded_params:
+        raise _fail(
+            f"VERIFY FAILED for {got.name} v{got.version}: test accuracy {acc!r} "
+            f"(recorded {recorded!r}), nonzero parameters {nz:,} (recorded {recorded_params:,}).",
+            1,
+        )
+    console.print(
+        f"verified: test accuracy {acc:.6f} on {len(data.y_test):,} {dataset} test samples "
+        f"and {nz:,} nonzero parameters, both equal to the record.",
+        highlight=False,
+    )
+
+
+@app.command()
+def models(
+    tracking_uri: TrackingUri = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """List registered models with their versions, aliases and numbers."""
+    from prunetune.search.registry import list_models
+
+    rows = list_models(_uri(tracking_uri))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("no registered models (run `prunetune register STUDY`).")
+        return
+    table = Table(title="registered models", title_justify="left")
+    for col in ("model", "version", "aliases", "trial", "method", "params", "val acc", "test acc"):
+        table.add_column(col)
+    for rm in rows:
+        for v in rm["versions"]:
+            table.add_row(
+                rm["name"],
+                v["version"],
+                ", ".join(v["aliases"]),
+                "" if v["trial"] is None else str(v["trial"]),
+                v["method"],
+                "-" if v["params"] is None else f"{v['params']:,}",
+                _fmt(v["val_accuracy"]),
+                _fmt(v["test_accuracy"]),
+            )
+    Console().print(table)
+
+
+def server_command(tracking_uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """``mlflow server`` on a local store, artifacts beside it (used by ``prunetune ui``)."""
+    from prunetune.search._mlflow import default_artifact_root
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    root = default_artifact_root(tracking_uri)
+    if root is not None:
+        cmd += ["--artifacts-destination", root]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: MLflow 3's background job runner (GenAI evaluation jobs, seven
+    extra processes) is off unless the caller turned it on."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+def wait_for_server(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 120.0) -> None:
+    """Poll ``url``/health until it answers.
+
+    Raises:
+        RuntimeError: the server exited or did not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with status {proc.returncode}.")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow server at {url} did not answer within {timeout:.0f} s.")
+
+
+@app.command()
+def ui(
+    study: Annotated[str | None, typer.Argument(help="study whose parent run URL to print")] = None,
+    tracking_uri: TrackingUri = None,
+    host: Annotated[
+        str, typer.Option(help="interface to bind (loopback by default)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+    workers: Annotated[int, typer.Option(help="server worker processes")] = 1,
+) -> None:
+    """Serve the study store with the MLflow UI and print its URL (Ctrl-C stops it)."""
+    from prunetune.search import _mlflow as M
+
+    uri = _uri(tracking_uri)
+    served = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if served else f"http://{host}:{port}"
+    proc: subprocess.Popen[bytes] | None = None
+    if not served:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                raise _fail(f"port {port} on {host} is in use; choose another with --port.")
+        proc = subprocess.Popen(server_command(uri, host, port, workers), env=server_env())
+        try:
+            wait_for_server(base, proc)
+        except RuntimeError as e:
+            _stop(proc)
+            raise _fail(str(e), 1) from None
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+    link = base
+    if study is not None:
+        try:
+            parent = M.require_study_run(M.client(uri), study, uri)
+            link = f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+        except ConfigError as e:
+            console.print(f"[yellow]warning:[/] {e}", highlight=False)
+    print(f"MLflow UI: {link}", flush=True)
+    if proc is None:
+        return
+    # SIGTERM (e.g. from a test or a supervisor) stops the server like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+    raise typer.Exit(code)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate the server (``mlflow server`` stops its uvicorn workers on SIGTERM)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

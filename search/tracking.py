@@ -140,6 +140,16 @@ class StudyTracker:
             if changed:  # MLflow params are immutable; the current spec.json shows the change
                 extra_tags["prunetune.spec_changed"] = ",".join(changed)[: M.MAX_TAG_LENGTH]
             M.log_batch(c, run_id, params=new, tags={**self._parent_tags(), **extra_tags})
+            # Child runs still RUNNING belong to a driver that died (one driver per study):
+            # their Optuna trials are marked FAIL by the runner, so end them here too.
+            for child in M.trial_runs(c, parent):
+                if child.info.status == "RUNNING":
+                    M.log_batch(
+                        c,
+                        child.info.run_id,
+                        tags={M.TAG_FAILURE: "interrupted: the driver stopped"},
+                    )
+                    M.retry(c.set_terminated, child.info.run_id, status="KILLED")
         else:
             run = M.retry(
                 c.create_run,

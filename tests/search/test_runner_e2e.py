@@ -32,6 +32,7 @@ def _complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def test_sigkill_driver_then_rerun_loses_and_duplicates_nothing(tiny_spec, tmp_path):
     tiny_spec["search"]["n_trials"] = 8
     tiny_spec["train"]["epochs"] = 3
+    tiny_spec["tracking"] = {"enabled": True, "register": False}
     spec = write_spec(tmp_path / "kill.yaml", tiny_spec)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     cmd = [*PRUNETUNE, "search", str(spec), "--workdir", str(tmp_path), "--quiet"]
@@ -69,6 +70,17 @@ def test_sigkill_driver_then_rerun_loses_and_duplicates_nothing(tiny_spec, tmp_p
     assert len(numbers) == len(set(numbers))
     assert {t.number: t.values for t in complete if t.number in before} == before
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)  # stale RUNNING → FAIL
+    # MLflow agrees: one FINISHED child run per complete trial, none left RUNNING.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    finished = sorted(
+        int(r.data.tags["prunetune.trial"]) for r in children if r.info.status == "FINISHED"
+    )
+    assert finished == sorted(t.number for t in complete)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_spec, tmp_path):

@@ -70,8 +70,10 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
-    batch_size: Annotated[int, typer.Option(help="batch size")] = 128,
-    lr: Annotated[float, typer.Option(help="weight learning rate")] = 1e-3,
+    batch_size: Annotated[
+        int | None, typer.Option(help="batch size (default 32 on digits, else 128)")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="weight learning rate")] = 2e-3,
     optimizer: Annotated[str, typer.Option(help="adam | adamw | sgd")] = "adam",
     seed: Annotated[int, typer.Option(help="seed (weights, shuffling, mask noise)")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:N]")] = "auto",
@@ -105,7 +107,7 @@ def train(
         "method": method_cfg,
         "train": {
             "epochs": epochs,
-            "batch_size": batch_size,
+            "batch_size": batch_size or (32 if dataset == "digits" else 128),
             "lr": lr,
             "optimizer": optimizer,
             "seed": seed,

@@ -316,4 +316,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the canonical module, on whose app the other command modules register themselves.
+    from prunetune.search import cli as _canonical
+
+    _canonical.main()

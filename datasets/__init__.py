@@ -2,7 +2,8 @@
 
 The registry (:data:`DATASETS`) knows ``digits`` (bundled with scikit-learn), ``mnist`` and
 ``fashion-mnist`` (IDX files on disk; see :func:`load_dataset` for where they are looked up,
-and :func:`download_mnist` to fetch MNIST with checksum verification).
+and :func:`download_mnist` to fetch MNIST with checksum verification), and the synthetic
+regression task ``pathways-toy`` (generated from ``split_seed``).
 
 Example:
     >>> import torch
@@ -28,12 +29,14 @@ from prunetune.datasets._download import (
 from prunetune.datasets._idx import read_idx, write_idx
 from prunetune.datasets._registry import DATASETS, DatasetInfo, dataset_info, load_dataset
 from prunetune.datasets._splits import TASKS, Splits, Task
+from prunetune.datasets._toy import PATHWAYS_TOY_SIZES, pathways_toy_targets
 
 __all__ = [
     "DATASETS",
     "IDX_FILE_STEMS",
     "MNIST_BASE_URL",
     "MNIST_SHA256",
+    "PATHWAYS_TOY_SIZES",
     "TASKS",
     "DatasetInfo",
     "DownloadError",
@@ -46,6 +49,7 @@ __all__ = [
     "file_sha256",
     "load_dataset",
     "num_batches",
+    "pathways_toy_targets",
     "read_idx",
     "write_idx",
 ]

@@ -452,6 +452,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             spec.model_dump(mode="json"),
             vspec.source,
             {"optuna_storage": storage, "sampler": spec.search.sampler},
+            explain=spec.tracking.explain,
         )
         ctx = tracker.start()
 

@@ -138,6 +138,9 @@ class Tracking(_Strict):
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
     )
     experiment: str | None = None
+    explain: bool = Field(
+        True, description="log pathway/importance figures for Pareto-optimal trials"
+    )
     register_models: bool = Field(
         True, alias="register", description="register selected models at the end"
     )

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from prunetune.search.trial import TrialResult
 
 _RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+log = logging.getLogger("prunetune.tracking")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class StudyTracker:
         spec: Mapping[str, Any] | Any,
         spec_path: str | None,
         tags: Mapping[str, str] | None = None,
+        explain: bool = True,
     ) -> None:
         if "://" not in tracking_uri:
             raise ValueError(
@@ -114,6 +118,8 @@ class StudyTracker:
         self._lock = threading.Lock()
         self._last_logged_count = -1
         self.resumed = False
+        self.explain = explain  # log interpretability figures for Pareto-optimal trials
+        self._explained: set[str] = set()
 
     @property
     def context(self) -> TrackingContext:
@@ -233,7 +239,21 @@ class StudyTracker:
                     tags={"hypervolume_reference": json.dumps(list(front.reference))},
                 )
                 self._last_logged_count = front.finished
+            self._explain_front(on_front)
             return front
+
+    def _explain_front(self, on_front: set[str]) -> None:
+        """Log pathway/importance/symmetry figures once for each run that reaches the front."""
+        if not self.explain:
+            return
+        from prunetune.search.explain import log_explanations
+
+        for run_id in sorted(on_front - self._explained):
+            try:
+                log_explanations(run_id, self.tracking_uri)
+            except Exception as e:  # figures are a bonus; never fail the study for them
+                log.warning("explaining run %s failed: %s", run_id, e)
+            self._explained.add(run_id)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Publish the final front and end the parent run with ``status``.

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunetune.prune import _fused
 from prunetune.prune._base import Mask, PruneContext, PruningMethod, register_method
 from prunetune.prune._hparams import Choice, Float, HParamTable
 from prunetune.prune._topology import Layer, raw_bias, raw_weight
@@ -45,47 +46,116 @@ def temperature(schedule: str, tau_start: float, tau_end: float, progress: float
 
 
 class _HardConcrete(torch.autograd.Function):
-    """Straight-through binary concrete sample, fused to keep the mask overhead small.
+    """Straight-through binary concrete sample and keep probability, in one autograd node.
 
-    Forward: ``1[θ + L > 0]``; backward: ``∂σ((θ + L)/τ)/∂θ = y (1 − y) / τ``.
+    With ``u ~ U(0, 1)``, ``1[u < σ(θ)]`` equals ``1[θ + L > 0]`` for the logistic noise
+    ``L = logit(1 − u)``, so the forward pass needs no logarithms. Backward applies the
+    concrete gradient ``∂σ((θ + L)/τ)/∂θ = y (1 − y) / τ`` to the hard sample and
+    ``σ'(θ)`` to the keep probability (which the sparsity penalty uses). Used for neuron gates
+    (a few hundred logits); per-weight gates use :class:`_MaskedWeight`.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
-        u = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
-        z = logits + torch.log(u) - torch.log1p(-u)  # θ + logistic noise
-        ctx.save_for_backward(z)
+    def forward(ctx: Any, logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        p = torch.sigmoid(logits)
+        u = torch.rand_like(logits)
+        hard = (u < p).to(logits.dtype)
+        ctx.save_for_backward(logits, u, p)
         ctx.tau = tau
-        return (z > 0).to(logits.dtype)
+        return hard, p
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (z,) = ctx.saved_tensors
-        y = torch.sigmoid(z / ctx.tau)
-        return grad * y * (1.0 - y) / ctx.tau, None
+    def backward(ctx: Any, g_hard: torch.Tensor, g_p: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        logits, u, p = ctx.saved_tensors
+        # z/τ = (θ + logit(1 − u))/τ = (θ − logit(u))/τ
+        y = torch.sigmoid(torch.logit(u, eps=1e-6).sub_(logits).mul_(-1.0 / ctx.tau))
+        grad = y.mul_(1.0 - y).mul_(g_hard).mul_(1.0 / ctx.tau)
+        return grad.add_(p * (1.0 - p) * g_p), None
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``w · 1[u < σ(θ)]`` for per-weight gates, and the layer's expected kept parameters.
+
+    One fused kernel each way (``prunetune.prune._fused``). Forward draws ``u``, masks ``w`` and
+    returns the penalty's count ``Σ σ(θ)`` (+ ``Σ_rows (1 − Π_row (1 − σ(θ)))``, the expected
+    live units, when the layer's bias counts); backward returns ``∂L/∂w`` through the mask and
+    ``∂L/∂θ`` = the straight-through concrete gradient ``g·w·y(1 − y)/τ`` with
+    ``y = σ((θ − logit u)/τ)``, plus the count's gradient. The kernel regenerates ``u`` from a
+    per-call key, so nothing the size of ``θ`` is kept for backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, weight: torch.Tensor, tau: float, count_rows: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        out, expected, rows_q, noise = _fused.mask_forward(logits, weight, count_rows)
+        ctx.save_for_backward(logits, weight)
+        ctx.rows_q, ctx.noise, ctx.tau, ctx.count_rows = rows_q, noise, tau, count_rows
+        return out, expected
+
+    @staticmethod
+    def backward(
+        ctx: Any, g: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
+        logits, weight = ctx.saved_tensors
+        grad_w, grad_logits = _fused.mask_backward(
+            logits, weight, ctx.rows_q, ctx.noise, ctx.tau, ctx.count_rows, g, c
+        )
+        return grad_logits, grad_w, None, None
 
 
 class GumbelGate(nn.Module):
-    """Keep/drop logits of one layer; samples in training, thresholds in evaluation."""
+    """Keep/drop logits of one layer; samples in training, thresholds in evaluation.
 
-    def __init__(self, shape: tuple[int, ...], init_logit: float) -> None:
+    ``count_rows`` (per-weight gates): the layer's bias counts while its unit keeps at least
+    one incoming weight, so :meth:`expected_count` adds ``P(row live) = 1 − Π_j (1 − p_ij)``.
+    """
+
+    def __init__(self, shape: tuple[int, ...], init_logit: float, count_rows: bool = False) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.full(shape, init_logit))
         self.tau = 1.0
+        self.count_rows = count_rows
         self._sample: torch.Tensor | None = None
+        self._p: torch.Tensor | None = None  # σ(θ) of the current step, shared with the penalty
+        self._expected: torch.Tensor | None = None  # this step's count (per-weight gates)
+
+    def _sampling(self) -> bool:
+        return self.training and torch.is_grad_enabled()
 
     def sample(self) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
-            self._sample = _HardConcrete.apply(self.logits, self.tau)
+        if self._sampling():
+            self._sample, self._p = _HardConcrete.apply(self.logits, self.tau)
         else:
-            self._sample = (self.logits > 0).to(self.logits.dtype)
+            self._sample, self._p = (self.logits > 0).to(self.logits.dtype), None
         return self._sample
+
+    def masked(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` times a sampled (training) or the deterministic (evaluation) per-weight mask."""
+        if self._sampling():
+            out, self._expected = _MaskedWeight.apply(self.logits, w, self.tau, self.count_rows)
+            return out
+        self._expected = None
+        return w * self.hard()
 
     def hard(self) -> torch.Tensor:
         return (self.logits.detach() > 0).to(self.logits.dtype)
 
     def keep_prob(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
+        """σ(θ), reusing this step's (differentiable) value when the forward pass made one."""
+        p, self._p = self._p, None
+        return p if p is not None else torch.sigmoid(self.logits)
+
+    def expected_count(self) -> torch.Tensor:
+        """Expected kept weights (+ live rows if ``count_rows``), reusing this step's value."""
+        e, self._expected = self._expected, None
+        if e is not None:
+            return e
+        e = torch.sigmoid(self.logits).sum()
+        if self.count_rows:
+            rows = self.logits.shape[0]
+            e = e + (rows - torch.sigmoid(-self.logits).reshape(rows, -1).prod(1).sum())
+        return e
 
 
 class _WeightMask(nn.Module):
@@ -97,8 +167,9 @@ class _WeightMask(nn.Module):
         self.view = (-1,) + (1,) * (weight_dim - 1) if neuron else None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        m = self.gate.sample()
-        return w * (m.view(self.view) if self.view else m)
+        if self.view is None:
+            return self.gate.masked(w)
+        return w * self.gate.sample().view(self.view)
 
 
 class _BiasMask(nn.Module):
@@ -149,6 +220,7 @@ class GumbelPruning(PruningMethod):
         self.neuron = c["granularity"] == "neuron"
         self.gates: dict[str, GumbelGate] = {}
         self.dense_count = 0
+        self._fixed_count = 0  # per-weight gates: the output layer's biases, always counted
         for i, layer in enumerate(self._layers):
             w = raw_weight(layer.module)
             self.dense_count += w.numel() + (
@@ -157,12 +229,17 @@ class GumbelPruning(PruningMethod):
             last = i == len(self._layers) - 1
             if self.neuron and last:
                 continue  # output units are never pruned
-            shape = (layer.out_units,) if self.neuron else tuple(w.shape)
-            gate = GumbelGate(shape, init).to(w.device)
+            has_bias = raw_bias(layer.module) is not None
+            if self.neuron:
+                gate = GumbelGate((layer.out_units,), init)
+            else:
+                gate = GumbelGate(tuple(w.shape), init, count_rows=has_bias and not last)
+                self._fixed_count += layer.out_units if has_bias and last else 0
+            gate = gate.to(w.device)
             parametrize.register_parametrization(
                 layer.module, "weight", _WeightMask(gate, self.neuron, w.dim()), unsafe=True
             )
-            if self.neuron and raw_bias(layer.module) is not None:
+            if self.neuron and has_bias:
                 parametrize.register_parametrization(
                     layer.module, "bias", _BiasMask(gate), unsafe=True
                 )
@@ -196,33 +273,25 @@ class GumbelPruning(PruningMethod):
     # -- penalty ------------------------------------------------------------------------------
     def expected_params(self) -> torch.Tensor:
         """E[kept weights + biases of live units] under the current keep probabilities."""
+        if not self.neuron:
+            # Σ p_ij, plus Σ_i P(unit i keeps ≥ 1 incoming weight) for hidden layers' biases
+            counts = [g.expected_count() for g in self.gates.values()]
+            return torch.stack(counts).sum() + self._fixed_count
         total = torch.zeros((), device=next(iter(self.gates.values())).logits.device)
         prev_units: torch.Tensor | None = None  # E[# live units] of the previous layer
-        n = len(self._layers)
-        for i, layer in enumerate(self._layers):
+        for layer in self._layers:
             w = raw_weight(layer.module)
             has_bias = raw_bias(layer.module) is not None
             gate = self.gates.get(layer.name)
-            if self.neuron:
-                per_unit_in = w[0].numel() // layer.in_units  # kernel size × repeat
-                q = (
-                    gate.keep_prob()
-                    if gate is not None
-                    else torch.ones(layer.out_units, device=w.device)
-                )
-                inputs = (
-                    prev_units if prev_units is not None else torch.tensor(float(layer.in_units))
-                )
-                total = total + q.sum() * inputs * per_unit_in + (q.sum() if has_bias else 0.0)
-                prev_units = q.sum()
-            else:
-                total = total + gate.keep_prob().sum()
-                if has_bias:
-                    if i == n - 1:
-                        total = total + layer.out_units
-                    else:  # P(unit has ≥ 1 kept incoming weight)
-                        log_none = nn.functional.logsigmoid(-gate.logits).flatten(1).sum(1)
-                        total = total + (1.0 - torch.exp(log_none)).sum()
+            per_unit_in = w[0].numel() // layer.in_units  # kernel size × repeat
+            q = (
+                gate.keep_prob()
+                if gate is not None
+                else torch.ones(layer.out_units, device=w.device)
+            )
+            inputs = prev_units if prev_units is not None else torch.tensor(float(layer.in_units))
+            total = total + q.sum() * inputs * per_unit_in + (q.sum() if has_bias else 0.0)
+            prev_units = q.sum()
         return total
 
     def penalty(self) -> torch.Tensor:

@@ -8,9 +8,44 @@ import pytest
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, make_method, prunable_layers
+from prunetune.prune import PruneContext, _fused, make_method, prunable_layers
 from prunetune.prune._topology import raw_weight
-from prunetune.prune.gumbel import GumbelGate, _HardConcrete, temperature
+from prunetune.prune.gumbel import GumbelGate, _HardConcrete, _MaskedWeight, temperature
+
+
+# Per-weight masks run on the compiled CPU kernel when it builds, else on ATen ops: test both.
+@pytest.fixture(params=["native", "aten"])
+def mask_path(request, monkeypatch):
+    if request.param == "native":
+        if not _fused.native_available():
+            pytest.skip("the fused mask kernel is switched off or did not build here")
+    else:
+        monkeypatch.setattr(_fused, "ENABLED", False)
+    return request.param
+
+
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x21F0AAAD) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0xD35A2D97) & 0xFFFFFFFF
+    return x ^ (x >> 15)
+
+
+def _reference_uniforms(key: int, n: int) -> torch.Tensor:
+    """The kernel's documented generator, in plain Python integers."""
+    k0, k1 = key & 0xFFFFFFFF, key >> 32
+    bits = [_lowbias32(_lowbias32((i + k0) & 0xFFFFFFFF) ^ k1) >> 9 for i in range(n)]
+    return torch.tensor([(b + 0.5) / 2**23 for b in bits], dtype=torch.float32)
+
+
+def _replayed_uniforms(path: str, shape: tuple[int, ...], state: torch.Tensor) -> torch.Tensor:
+    """The ``u`` that a per-weight mask drew after ``torch.set_rng_state(state)``."""
+    torch.set_rng_state(state)
+    if path == "native":
+        n = math.prod(shape)
+        return _reference_uniforms(_fused.draw_key(), n).view(shape)
+    return torch.rand(shape).clamp_(2.0**-24, 1.0 - 2.0**-24)
 
 
 def _ctx(model, input_shape, epochs=2, steps=10):
@@ -46,28 +81,167 @@ def test_temperature_schedules(schedule, progress, expected):
     assert temperature(schedule, 2.0, 0.2, progress) == pytest.approx(expected)
 
 
-def test_hard_sample_follows_keep_probability():
+def test_neuron_sample_follows_keep_probability():
     torch.manual_seed(0)
     logits = torch.full((200_000,), 0.8)
-    hard = _HardConcrete.apply(logits, 0.5)
+    hard, p = _HardConcrete.apply(logits, 0.5)
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
     assert hard.mean().item() == pytest.approx(1 / (1 + math.exp(-0.8)), abs=0.005)
+    assert torch.allclose(p, torch.sigmoid(logits))
 
 
-def test_straight_through_gradient_is_the_concrete_gradient():
+def test_neuron_straight_through_gradient_is_the_concrete_gradient():
     torch.manual_seed(0)
     logits = torch.randn(1000, requires_grad=True)
     tau = 0.7
     state = torch.get_rng_state()
-    hard = _HardConcrete.apply(logits, tau)
-    (hard * torch.arange(1000.0)).sum().backward()
+    hard, p = _HardConcrete.apply(logits, tau)
+    (hard * torch.arange(1000.0) + 3.0 * p).sum().backward()
     torch.set_rng_state(state)  # replay the same noise for the reference computation
     u = torch.rand(1000).clamp(1e-6, 1 - 1e-6)
     ref_logits = logits.detach().clone().requires_grad_(True)
-    soft = torch.sigmoid((ref_logits + torch.log(u) - torch.log1p(-u)) / tau)
-    (soft * torch.arange(1000.0)).sum().backward()
-    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-5)
+    soft = torch.sigmoid((ref_logits + torch.log1p(-u) - torch.log(u)) / tau)
+    (soft * torch.arange(1000.0) + 3.0 * torch.sigmoid(ref_logits)).sum().backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, rtol=1e-4, atol=1e-5)
     assert torch.equal(hard, (soft > 0.5).float())
+
+
+def test_uniforms_follow_the_documented_generator():
+    key = 0xDEAD_BEEF_0123_4567
+    u = _fused.uniform(key, 5000)
+    assert torch.equal(u, _reference_uniforms(key, 5000))
+    assert u.min().item() > 0.0 and u.max().item() < 1.0
+    assert u.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert u.std().item() == pytest.approx(math.sqrt(1 / 12), abs=0.01)
+    assert not torch.equal(u, _fused.uniform(key + 1, 5000))
+
+
+def test_weight_mask_follows_keep_probability(mask_path):
+    torch.manual_seed(0)
+    logits = torch.tensor([-2.0, 0.0, 0.8, 3.0]).repeat_interleave(50_000).view(4, 50_000)
+    out, expected = _MaskedWeight.apply(logits, torch.full_like(logits, 2.0), 0.5, False)
+    assert set(out.unique().tolist()) <= {0.0, 2.0}  # w · {0, 1}
+    kept = (out / 2.0).mean(1)
+    assert torch.allclose(kept, torch.sigmoid(logits[:, 0]), atol=0.006)
+    assert expected.item() == pytest.approx(torch.sigmoid(logits).sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("count_rows", [False, True])
+def test_weight_mask_gradient_is_the_concrete_gradient(mask_path, count_rows):
+    """Straight-through: the forward pass uses ``1[y > ½]``, backward the gradient of the
+    relaxed ``y = σ((θ + log(1 − u) − log u)/τ)``; the count's gradient is exact."""
+    torch.manual_seed(0)
+    shape, tau = (7, 1300), 0.3  # rows longer than one kernel chunk
+    logits = (2.0 * torch.randn(shape)).requires_grad_(True)
+    weight = torch.randn(shape, requires_grad=True)
+    coef = torch.randn(shape)
+    state = torch.get_rng_state()
+    out, expected = _MaskedWeight.apply(logits, weight, tau, count_rows)
+    ((out * coef).sum() + 3.0 * expected).backward()
+
+    u = _replayed_uniforms(mask_path, shape, state)
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref_weight = weight.detach().clone().requires_grad_(True)
+    soft = torch.sigmoid((ref_logits + torch.log1p(-u) - torch.log(u)) / tau)
+    hard = (u < torch.sigmoid(ref_logits.detach())).float()
+    straight = hard + soft - soft.detach()  # value: the hard mask; gradient: the relaxed one
+    p = torch.sigmoid(ref_logits)
+    ref_expected = p.sum()
+    if count_rows:
+        ref_expected = ref_expected + (1.0 - torch.prod(1.0 - p, dim=1)).sum()
+    ((ref_weight * straight * coef).sum() + 3.0 * ref_expected).backward()
+
+    assert torch.equal(out, weight.detach() * hard)
+    assert torch.equal(hard, (soft > 0.5).float())
+    assert expected.item() == pytest.approx(ref_expected.item(), rel=1e-5)
+    assert torch.allclose(weight.grad, ref_weight.grad, atol=1e-6)
+    assert torch.allclose(logits.grad, ref_logits.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_masks_are_seeded_and_fresh_each_call(mask_path):
+    logits = torch.zeros(50, 60, requires_grad=True)
+    weight = torch.ones(50, 60, requires_grad=True)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        first, _ = _MaskedWeight.apply(logits, weight, 1.0, True)
+        second, _ = _MaskedWeight.apply(logits, weight, 1.0, True)
+        return first, second
+
+    a1, a2 = run(0)
+    b1, b2 = run(0)
+    c1, _ = run(1)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)  # same seed, same masks
+    assert not torch.equal(a1, a2)  # fresh noise for every call
+    assert not torch.equal(a1, c1)  # another seed, other masks
+
+
+def test_kernel_results_do_not_depend_on_thread_count():
+    if not _fused.native_available():
+        pytest.skip("the fused mask kernel is switched off or did not build here")
+    gen = torch.Generator().manual_seed(3)
+    theta, w, g = (torch.randn(64, 1024, generator=gen) for _ in range(3))  # > 2**15: threaded
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out, expected, rows_q = _fused._forward_native(_fused._lib, theta, w, 99, True)
+            grads = _fused._backward_native(_fused._lib, theta, w, rows_q, 99, 0.4, True, g, 0.3)
+            results.append((out, expected, rows_q, *grads))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_kernel_build_failure_falls_back_to_aten(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_fused, "ENABLED", True)
+    monkeypatch.setattr(_fused, "_lib", None)
+    monkeypatch.setattr(_fused, "_tried", False)
+    with pytest.warns(RuntimeWarning, match="fused Gumbel mask kernel is unavailable"):
+        assert not _fused.native_available()
+    torch.manual_seed(0)
+    logits = torch.zeros(3, 4, requires_grad=True)
+    out, expected = _MaskedWeight.apply(logits, torch.ones(3, 4), 1.0, False)
+    assert expected.item() == pytest.approx(6.0)
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, True), ("", True), ("1", True), ("0", False), ("off", False), ("False", False)],
+)
+def test_compile_switch_reads_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("PRUNETUNE_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("PRUNETUNE_COMPILE", value)
+    assert _fused._env_flag("PRUNETUNE_COMPILE") is expected
+
+
+def test_expected_params_reuses_the_forward_pass(mask_path):
+    torch.manual_seed(0)
+    spec = mlp_spec((6,), [5, 4], 3)
+    model = build_model(spec)
+    method = make_method({"name": "gumbel"})
+    method.attach(model, _ctx(model, (6,)))
+    for g in method.gates.values():
+        torch.nn.init.normal_(g.logits, std=2.0)
+    eager = method.expected_params()  # no forward pass yet: computed from the logits
+    model.train()
+    model(torch.randn(2, 6))
+    fused = method.expected_params()  # this step's value from the mask kernels
+    assert fused.item() == pytest.approx(eager.item(), rel=1e-5)
+    fused.backward()
+    grads = [g.logits.grad.clone() for g in method.gates.values()]
+    for g in method.gates.values():
+        g.logits.grad = None
+    method.expected_params().backward()
+    for got, g in zip(grads, method.gates.values(), strict=True):
+        assert torch.allclose(got, g.logits.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_eval_mask_is_deterministic_threshold():
@@ -76,6 +250,12 @@ def test_eval_mask_is_deterministic_threshold():
         gate.logits.copy_(torch.tensor([-1.0, 2.0, -0.1, 0.3, 0.0]))
     gate.eval()
     assert gate.sample().tolist() == [0.0, 1.0, 0.0, 1.0, 0.0]
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    weight_gate = GumbelGate((1, 5), 0.0)  # per-weight gate of a (1, 5) weight
+    with torch.no_grad():
+        weight_gate.logits.copy_(torch.tensor([[-1.0, 2.0, -0.1, 0.3, 0.0]]))
+    weight_gate.eval()
+    assert weight_gate.masked(w).tolist() == [[0.0, 2.0, 0.0, 4.0, 0.0]]
 
 
 @pytest.mark.parametrize("granularity", ["weight", "neuron"])

@@ -13,6 +13,7 @@ units go early, while the network is still plastic, and the last removals are sm
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -87,9 +88,9 @@ class NeuronPruning(PruningMethod):
     def setup(self) -> None:
         """Called at the end of :meth:`attach` (register hooks, allocate statistics)."""
 
+    @abstractmethod
     def neuron_scores(self) -> dict[str, torch.Tensor]:
         """Per hidden layer, one score per unit; the lowest alive units are removed first."""
-        raise NotImplementedError
 
     # -- schedule -----------------------------------------------------------------------------
     def targets(self, k: int) -> dict[str, int]:

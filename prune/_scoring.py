@@ -36,8 +36,8 @@ SCOPES = ("global", "layerwise")
 
 # Shared declarations: every target-density method exposes the same two knobs.
 DENSITY = Float(
-    5e-4,
-    0.5,
+    1e-4,
+    1.0,
     0.05,
     log=True,
     help="target kept fraction of parameters (nonzero weights + biases of live units)",
@@ -81,7 +81,8 @@ def live_params(layers: list[Layer], masks: Mapping[str, torch.Tensor]) -> int:
     for i, layer in enumerate(layers):
         m = masks[layer.name] != 0
         cols = prev_kept.repeat_interleave(layer.in_repeat) if m.dim() == 2 else prev_kept
-        total += int(m[kept[i]][:, cols].sum())
+        cols = cols.view((1, -1) + (1,) * (m.dim() - 2))
+        total += int((m & cols).sum(dim=tuple(range(1, m.dim())))[kept[i]].sum())
         total += int(kept[i].sum()) if raw_bias(layer.module) is not None else 0
         prev_kept = kept[i]
     return total
@@ -163,6 +164,22 @@ def masks_at_density(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return _restrict(keep(lo), eligible)
+
+
+def masks_at_fraction(
+    scores: Mapping[str, torch.Tensor],
+    fraction: float,
+    scope: str,
+    *,
+    eligible: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keep the highest-scored ``fraction`` of the weights (no parameter counting; cheap)."""
+    if eligible is not None:
+        scores = {
+            n: torch.where(eligible[n] != 0, s.double(), float("-inf")) for n, s in scores.items()
+        }
+    keep, hi = ranker(scores, scope)
+    return _restrict(keep(round(fraction * hi)), eligible)
 
 
 def _restrict(

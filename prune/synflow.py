@@ -8,8 +8,9 @@ parameter density follows ``density^(k/n)`` (the paper's exponential schedule), 
 the current mask each round, which avoids layer collapse. The original network then trains from
 its initial weights with the final mask fixed.
 
-Departure: the schedule is on the exported *parameter* density (weights plus live biases)
-rather than the weight density; the two differ by the biases of live units.
+Departures: the last round keeps weights up to the target *parameter* density (weights plus
+biases of live units, as export counts); the intermediate rounds follow ``density^(k/n)`` as a
+fraction of the weights, as in the paper.
 
 Example:
     >>> from prunetune.prune import make_method
@@ -26,7 +27,7 @@ from torch import nn
 
 from prunetune.prune._base import PruneContext, register_method
 from prunetune.prune._hparams import HParamTable, Int
-from prunetune.prune._scoring import DENSITY, SCOPE, ScoredMasks, masks_at_density
+from prunetune.prune._scoring import DENSITY, SCOPE, ScoredMasks, masks_at_fraction
 from prunetune.prune._topology import Layer
 
 
@@ -70,9 +71,8 @@ class SynFlow(ScoredMasks):
         super().attach(model, ctx)
         c, n = self.config, self.config["iterations"]
         masks = {name: m.clone() for name, m in self.current().items()}
-        for k in range(1, n + 1):
+        for k in range(1, n):  # intermediate rounds: weight fractions (counting is slower)
             scores = synflow_scores(net, ctx.layers, masks, ctx.input_shape)
-            masks = masks_at_density(
-                ctx.layers, scores, c["density"] ** (k / n), c["scope"], eligible=masks
-            )
-        self.set_masks(masks)
+            masks = masks_at_fraction(scores, c["density"] ** (k / n), c["scope"], eligible=masks)
+        scores = synflow_scores(net, ctx.layers, masks, ctx.input_shape)
+        self.prune_to(scores, c["density"], c["scope"], eligible=masks)

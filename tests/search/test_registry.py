@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -157,13 +158,16 @@ def test_prunetune_fetch_forwards(study):
 def test_mlflow_pytorch_flavour_loads(study, digits):
     import mlflow
 
-    old = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(study["uri"])
-    try:
+    from prunetune.search.registry import _global_tracking_uri
+
+    # set_tracking_uri exports MLFLOW_TRACKING_URI; the context manager restores the env too,
+    # so no later test inherits this store.
+    with _global_tracking_uri(study["uri"]):
         loaded = mlflow.pytorch.load_model(f"models:/{STUDY}@knee")
         info = mlflow.models.get_model_info(f"models:/{STUDY}@knee")
-    finally:
-        mlflow.set_tracking_uri(old)
+    assert (
+        "MLFLOW_TRACKING_URI" not in os.environ or os.environ["MLFLOW_TRACKING_URI"] != study["uri"]
+    )
     ours = fetch(f"{STUDY}@knee", tracking_uri=study["uri"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(digits.x_test), ours(digits.x_test))

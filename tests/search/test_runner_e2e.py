@@ -12,12 +12,20 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_spec  # tests/search/conftest.py
 
 from prunetune.search.runner import RunOptions, run_study
 from prunetune.search.spec import parse_spec
 
 pytestmark = pytest.mark.slow
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 PRUNETUNE = [sys.executable, "-m", "prunetune.search.cli"]
 
 

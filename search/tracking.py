@@ -307,6 +307,8 @@ class TrialTracker:
         self._last_ts = 0
         self._epochs_logged = 0
         self._done = False
+        self._pending: list[tuple[int, dict[str, Any], int]] = []
+        self._last_flush = time.monotonic()
 
     def __enter__(self) -> TrialTracker:
         return self
@@ -321,11 +323,32 @@ class TrialTracker:
         step = int(row["epoch"]) if "epoch" in row else self._last_step + 1
         metrics = {k: v for k, v in row.items() if k != "epoch"}
         ts = max(int(time.time() * 1000), self._last_ts + 1)
-        self._last_ts = M.log_batch(
-            self._client, self.run_id, metrics=metrics, step=step, timestamp_ms=ts
-        )
+        self._pending.append((step, metrics, ts))
+        self._last_ts = ts
         self._last_step = max(self._last_step, step)
         self._epochs_logged += 1
+        # One store transaction per FLUSH_SECONDS, not per epoch: short epochs would otherwise
+        # spend their time in SQLite writes (bench/search_scaling.py). Rows keep their own
+        # step and timestamp, and finish()/fail() flush what is left.
+        if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
+            self.flush()
+
+    FLUSH_SECONDS = 2.0
+
+    def flush(self) -> None:
+        """Write buffered epoch rows in one batch."""
+        from mlflow.entities import Metric
+
+        rows, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        ms = [
+            Metric(key=k, value=float(v), timestamp=ts, step=step)
+            for step, metrics, ts in rows
+            for k, v in metrics.items()
+            if M._is_number(v)
+        ]
+        for part in M.chunks(ms, M.MAX_METRICS_PER_BATCH):
+            M.retry(self._client.log_batch, self.run_id, metrics=part)
 
     def finish(self, result: TrialResult) -> str:
         """Log final metrics, per-layer density and the compact model; end the run FINISHED.
@@ -340,6 +363,7 @@ class TrialTracker:
         if self._epochs_logged == 0:  # the caller did not stream epochs: log the history now
             for row in result.history:
                 self.log_epoch(row)
+        self.flush()
         metrics: dict[str, float] = {k: v for k, v in result.metrics.items()}
         for layer, d in (result.per_layer or {}).items():
             for k in ("density", "weight_density", "units", "units_dense", "kept", "total"):
@@ -358,6 +382,7 @@ class TrialTracker:
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` in the tag ``prunetune.failure``."""
+        self.flush()
         M.retry(self._client.set_tag, self.run_id, M.TAG_FAILURE, str(reason)[: M.MAX_TAG_LENGTH])
         M.retry(self._client.set_terminated, self.run_id, "FAILED")
         self._done = True

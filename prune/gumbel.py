@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from prunetune.prune import _fused
 from prunetune.prune._base import Mask, PruneContext, PruningMethod, register_method
 from prunetune.prune._hparams import Choice, Float, HParamTable
-from prunetune.prune._topology import Layer, raw_bias, raw_weight
+from prunetune.prune._topology import raw_bias, raw_weight
 
 SCHEDULES = ("constant", "linear", "exponential", "cosine")
 
@@ -334,7 +334,3 @@ class GumbelPruning(PruningMethod):
             "lambda": float(self.lam_now()),
             "expected_density": float(getattr(self, "_last_density", float("nan"))),
         }
-
-
-def gate_layers(layers: list[Layer]) -> list[str]:
-    return [layer.name for layer in layers]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,7 +286,3 @@ def load_spec(path: str | Path) -> ValidatedSpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return parse_spec(data, str(p))
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

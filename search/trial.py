@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -218,7 +218,3 @@ def run_trial(
 
 
 __all__ = ["TrialConfig", "TrialResult", "flat_config", "parse_config", "run_trial"]
-
-
-def _asdict(x: Any) -> dict[str, Any]:
-    return asdict(x)

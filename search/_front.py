@@ -251,12 +251,14 @@ def front_html(f: StudyFront) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
-def write_front_files(f: StudyFront, directory: Path) -> list[Path]:
-    """``pareto_front.{csv,json,png,html}`` in ``directory``."""
+def write_front_files(f: StudyFront, directory: Path, figures: bool = True) -> list[Path]:
+    """``pareto_front.{csv,json}`` in ``directory``, and with ``figures`` ``.png`` and ``.html``."""
     directory.mkdir(parents=True, exist_ok=True)
     out = [directory / f"pareto_front.{ext}" for ext in ("csv", "json", "png", "html")]
     out[0].write_text(front_csv(f))
     out[1].write_text(json.dumps(f.to_json(), indent=2, default=str) + "\n")
+    if not figures:
+        return out[:2]
     front_png(f, out[2])
     out[3].write_text(front_html(f))
     return out

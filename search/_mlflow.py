@@ -33,6 +33,7 @@ TAG_ROLE = "prunetune.role"  # "study" on the parent run, "trial" on each child 
 TAG_TRIAL = "prunetune.trial"
 TAG_FAILURE = "prunetune.failure"
 TAG_PARETO = "pareto"
+TAG_SESSION = "prunetune.session"  # the driver session that holds the parent run now
 
 # MLflow's per-call limits (mlflow.utils.validation).
 MAX_PARAMS_PER_BATCH = 100

@@ -85,7 +85,7 @@ def resolve_storage(url: str | None, workdir: Path) -> str:
     return url or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
 
 
-def _study_names(storage: str, base: str) -> list[str]:
+def _study_names(storage: Any, base: str) -> list[str]:
     import optuna
 
     pat = re.compile(rf"^{re.escape(base)}(?:~(\d+))?$")
@@ -96,11 +96,12 @@ def _study_names(storage: str, base: str) -> list[str]:
     return sorted((n for n in names if pat.match(n)), key=lambda n: int(pat.match(n).group(1) or 1))  # type: ignore[union-attr]
 
 
-def prepare_study(vspec: ValidatedSpec, storage: str, fresh: bool) -> tuple[Any, str]:
+def prepare_study(vspec: ValidatedSpec, storage: Any, fresh: bool) -> tuple[Any, str]:
     """Create or resume the study; fail trials a dead driver left RUNNING.
 
     The current study of a spec named ``N`` is the newest of ``N``, ``N~2``, ``N~3``…;
-    ``fresh`` creates the next one.
+    ``fresh`` creates the next one. ``storage`` is a URL or an Optuna storage object (one
+    ``RDBStorage`` shared with the searcher saves connecting and checking the schema twice).
 
     Raises:
         ConfigError: the spec's search space changed since the study was created.
@@ -153,6 +154,9 @@ def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     return {"trial_config": sample_config(trial, vspec), "trial_number": int(trial.number)}
 
 
+REPORT_SECONDS = 1.0  # least interval between intermediate results sent to Tune
+
+
 def _trainable(config: dict[str, Any], *, ctx: Any, threads: int) -> None:
     """Ray Tune function trainable: one trial, logged to MLflow from the worker."""
     import ray
@@ -172,10 +176,17 @@ def _trainable(config: dict[str, Any], *, ctx: Any, threads: int) -> None:
 
         tracker = TrialTracker(ctx, number, trial_cfg)
 
+    last_report = [-float("inf")]
+
     def report(row: dict[str, float]) -> None:
         if tracker is not None:
-            tracker.log_epoch(row)
-        tune.report({**row, "trial_number": number})
+            tracker.log_epoch(row)  # every epoch, buffered
+        # Tune gets intermediate rows at most every REPORT_SECONDS: each costs a round trip
+        # through the driver's event loop, which shares the cores with the trials.
+        now = time.monotonic()
+        if now - last_report[0] >= REPORT_SECONDS:
+            last_report[0] = now
+            tune.report({**row, "trial_number": number})
 
     try:
         result = run_trial(trial_cfg, report)
@@ -249,7 +260,7 @@ def _tune_callbacks(key: str) -> tuple[Any, Any]:
 
         def stop_all(self) -> bool:
             st = _live(self.key)
-            return st is not None and st.failed > st.max_failures
+            return st is not None and (st.failed > st.max_failures or st.aborted())
 
     class Events(Callback):
         def __init__(self) -> None:
@@ -295,9 +306,15 @@ class _LiveState:
     """Counts and front for the progress view; Pareto tracking updates off the event loop."""
 
     def __init__(
-        self, total: int, already: int, max_failures: int, on_complete: Callable[[], None] | None
+        self,
+        total: int,
+        already: int,
+        max_failures: int,
+        on_complete: Callable[[], Any] | None,
+        aborted: Callable[[], bool] | None = None,
     ) -> None:
         self.total, self.already, self.max_failures = total, already, max_failures
+        self.aborted = aborted or (lambda: False)
         self.t0 = time.time()
         self.running: dict[str, float] = {}
         self.done: list[dict[str, Any]] = []
@@ -315,14 +332,44 @@ class _LiveState:
             )
             self._worker.start()
 
+    # While trials run, the front's table, tags and hypervolume are republished at most every
+    # FRONT_MIN_SECONDS and its figures at most every FIGURES_MIN_SECONDS, and either never more
+    # than a quarter of the time: the trials need the cores more than the MLflow UI needs a
+    # fresh plot. Once every trial has started, freed cores would idle, so the figures and the
+    # front runs' explanations are made then. The study's end publishes the rest
+    # (StudyTracker.finish).
+    FRONT_MIN_SECONDS = 5.0
+    FIGURES_MIN_SECONDS = 30.0
+    SETTLE_SECONDS = 1.0
+
     def _pareto_loop(self) -> None:
-        while not self._stop.is_set() or self._dirty.is_set():
-            if self._dirty.wait(0.2):
-                self._dirty.clear()
-                try:
-                    self._on_complete()  # type: ignore[misc]
-                except Exception as e:  # tracking must never kill the study
-                    log.warning("updating the Pareto front failed: %s", e)
+        next_at = 0.0
+        figures_at = time.monotonic() + self.FIGURES_MIN_SECONDS
+        while not self._stop.is_set():
+            if not self._dirty.wait(0.2):
+                continue
+            # Let Tune launch the next trial first: it needs the driver right after a completion.
+            if self._stop.wait(self.SETTLE_SECONDS):
+                break
+            if (wait := next_at - time.monotonic()) > 0:
+                self._stop.wait(wait)
+                continue
+            self._dirty.clear()
+            t = time.monotonic()
+            tail = self._all_started()  # a core is free for good: spend it on the figures
+            figures = tail or t >= figures_at
+            try:
+                self._on_complete(figures=figures, explain=tail)  # type: ignore[misc]
+            except Exception as e:  # tracking must never kill the study
+                log.warning("updating the Pareto front failed: %s", e)
+            now = time.monotonic()
+            next_at = now + max(self.FRONT_MIN_SECONDS, 3 * (now - t))
+            if figures:
+                figures_at = now + max(self.FIGURES_MIN_SECONDS, 3 * (now - t))
+
+    def _all_started(self) -> bool:
+        with self._lock:
+            return len(self.done) + self.already + len(self.running) >= self.total
 
     def close(self) -> None:
         self._stop.set()
@@ -434,7 +481,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     max_conc = opts.max_concurrent or spec.search.max_concurrent
     t0 = time.time()
 
-    study, study_name = prepare_study(vspec, storage, opts.fresh)
+    rdb = optuna.storages.RDBStorage(storage)
+    study, study_name = prepare_study(vspec, rdb, opts.fresh)
     states = count_states(study)
     remaining = n_trials - states["COMPLETE"]
 
@@ -454,13 +502,16 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             {"optuna_storage": storage, "sampler": spec.search.sampler},
             explain=spec.tracking.explain,
         )
-        ctx = tracker.start()
+        # The parent run is created while Ray starts the workers; they wait for its tag.
+        tracker.start_in_background()
+        ctx = tracker.pending_context()
 
     state = _LiveState(
         n_trials,
         states["COMPLETE"],
         spec.search.max_failures,
         tracker.on_trial_complete if tracker else None,
+        aborted=(lambda: tracker.start_failed) if tracker else None,
     )
     live = None
     try:
@@ -474,7 +525,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                 mode=MODES,
                 sampler=make_sampler(vspec, seed_offset=seed_shift),
                 study_name=study_name,
-                storage=optuna.storages.RDBStorage(storage),
+                storage=rdb,
             )
             res = spec.search.resources
             trainable = tune.with_resources(
@@ -515,12 +566,15 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             elif opts.progress:
                 _start_line_progress(state)
             tuner.fit()
-    finally:
-        if live is not None:
-            live.stop()
-        state.close()
-        if tracker is not None:
+    except BaseException:
+        if tracker is not None and not tracker.start_failed:
+            _stop_views(live, state)  # the parent run stays RUNNING; publish what did finish
             tracker.on_trial_complete()
+        raise
+    finally:
+        _stop_views(live, state)
+    if tracker is not None:
+        ctx = tracker.context  # raises what starting the tracker raised
     study_states = count_states(study)
     trials = _trial_rows(study)
     from prunetune.search.pareto import pareto_front
@@ -562,6 +616,12 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             outcome,
         )
     return outcome
+
+
+def _stop_views(live: Any, state: _LiveState) -> None:
+    if live is not None:
+        live.stop()
+    state.close()
 
 
 class StudyFailed(RuntimeError):

@@ -9,7 +9,8 @@ reads its own working directory or environment to find the store, so nothing lan
 Parent run: the spec as params and as ``spec.json`` (plus the YAML it came from), tags
 ``prunetune.study``, ``study``, ``dataset``, ``sampler``; after each completed trial
 ``pareto_front.{csv,json,png,html}``, the metric ``hypervolume`` stepped by trials completed,
-and the tag ``pareto=true`` on exactly the non-dominated child runs.
+and the tag ``pareto=true`` on exactly the non-dominated child runs; at the end, the final
+front's runs get ``explain/`` figures.
 
 Child run: the full trial config as params, per-epoch metrics (``step`` = epoch), final
 metrics, per-layer density, and the compact model (``model/weights.pt`` — a state dict that
@@ -38,6 +39,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +61,65 @@ log = logging.getLogger("prunetune.tracking")
 class TrackingContext:
     """Everything a worker needs to log a trial into the driver's study (picklable).
 
+    A context from :meth:`StudyTracker.pending_context` has no ids yet: the driver is still
+    creating (or resuming) the parent run while Ray starts the workers. A worker then finds the
+    parent by its session tag (:meth:`resolve`) once the driver has tagged it.
+
     Attributes:
         tracking_uri: absolute URI (``sqlite:////abs/mlflow.db`` or ``http://host:port``).
-        experiment_id: the study's MLflow experiment.
-        parent_run_id: the study's parent run; child runs nest under it.
+        experiment_id: the study's MLflow experiment (None: not resolved yet).
+        parent_run_id: the study's parent run; child runs nest under it (None: not resolved yet).
         study_name: the study's name (tag ``prunetune.study`` on every run).
+        experiment: the experiment's name (to resolve a pending context).
+        session: the driver session's token (tag ``prunetune.session`` on the parent run).
     """
 
     tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
+    experiment_id: str | None
+    parent_run_id: str | None
     study_name: str
+    experiment: str = ""
+    session: str = ""
+
+    def resolve(self, client: Any, timeout: float = 300.0) -> TrackingContext:
+        """This context with its ids, waiting for the driver to tag the parent run.
+
+        Raises:
+            TimeoutError: no parent run carries this session's tag within ``timeout`` seconds.
+        """
+        if self.parent_run_id is not None:
+            return self
+        if (done := _RESOLVED.get(self.session)) is not None:
+            return done
+        from dataclasses import replace
+
+        deadline, pause = time.monotonic() + timeout, 0.05
+        while True:
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                runs = client.search_runs(
+                    [exp.experiment_id],
+                    f"tags.`{M.TAG_SESSION}` = '{self.session}'",
+                    max_results=1,
+                )
+                if runs:
+                    done = replace(
+                        self, experiment_id=exp.experiment_id, parent_run_id=runs[0].info.run_id
+                    )
+                    _RESOLVED[self.session] = done
+                    return done
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the study {self.study_name!r} has no parent run tagged "
+                    f"{M.TAG_SESSION}={self.session} in experiment {self.experiment!r} of "
+                    f"{self.tracking_uri} after {timeout:.0f} s; did the driver fail to start "
+                    "tracking?"
+                )
+            time.sleep(pause)
+            pause = min(1.0, pause * 1.5)
+
+
+_RESOLVED: dict[str, TrackingContext] = {}  # per worker process: session → resolved context
 
 
 class StudyTracker:
@@ -120,12 +170,48 @@ class StudyTracker:
         self.resumed = False
         self.explain = explain  # log interpretability figures for Pareto-optimal trials
         self._explained: set[str] = set()
+        self.session = uuid.uuid4().hex
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     @property
     def context(self) -> TrackingContext:
+        """The started context (waits for :meth:`start_in_background` to finish).
+
+        Raises:
+            RuntimeError: the tracker was never started.
+            Exception: whatever starting it in the background raised.
+        """
+        if self._starter is not None:
+            self._starter.join()
+        if self._start_error is not None:
+            raise self._start_error
         if self._ctx is None:
             raise RuntimeError("StudyTracker.start() must be called before using the tracker.")
         return self._ctx
+
+    def pending_context(self) -> TrackingContext:
+        """A context for workers before the parent run exists (see :meth:`TrackingContext.resolve`)."""
+        return TrackingContext(
+            self.tracking_uri, None, None, self.study_name, self.experiment, self.session
+        )
+
+    def start_in_background(self) -> None:
+        """:meth:`start` in a thread, so that a fresh store's schema set-up (seconds for SQLite)
+        overlaps Ray starting the workers; :attr:`context` waits for it."""
+
+        def run() -> None:
+            try:
+                self.start()
+            except BaseException as e:  # re-raised by .context
+                self._start_error = e
+
+        self._starter = threading.Thread(target=run, name="mlflow-study-start", daemon=True)
+        self._starter.start()
+
+    @property
+    def start_failed(self) -> bool:
+        return self._start_error is not None
 
     def start(self) -> TrackingContext:
         """Create (or resume) the study's parent run; returns the context for workers."""
@@ -165,8 +251,12 @@ class StudyTracker:
             )
             run_id = run.info.run_id
             M.log_batch(c, run_id, params=spec_params)
+        # Last: a pending worker context finds the parent by this tag, only after the sweep.
+        M.retry(c.set_tag, run_id, M.TAG_SESSION, self.session)
         self._log_spec_files(run_id)
-        self._ctx = TrackingContext(self.tracking_uri, exp_id, run_id, self.study_name)
+        self._ctx = TrackingContext(
+            self.tracking_uri, exp_id, run_id, self.study_name, self.experiment, self.session
+        )
         return self._ctx
 
     def _parent_tags(self) -> dict[str, str]:
@@ -188,12 +278,16 @@ class StudyTracker:
                 shutil.copyfile(self.spec_path, d / "study.yaml")
             M.retry(self._client.log_artifacts, run_id, str(d), "spec")
 
-    def on_trial_complete(self) -> StudyFront:
+    def on_trial_complete(self, explain: bool = False, figures: bool = True) -> StudyFront:
         """Recompute the front from every finished child run and publish it on the parent.
 
         Tags ``pareto=true`` on the front's runs and removes it from runs now dominated,
         rewrites ``pareto_front.{csv,json,png,html}``, and logs ``hypervolume`` (plus
         ``pareto_size``, ``trials_finished``, ``trials_failed``) at step = trials finished.
+        Without ``figures`` only the table (csv/json), tags and metrics are refreshed. With
+        ``explain`` (and the tracker's ``explain`` on), front runs not yet explained get their
+        interpretability figures; :meth:`finish` does this for the final front, so their cost
+        is not paid while the trials share the cores.
 
         Returns:
             the recomputed front (callers may ignore it).
@@ -223,7 +317,7 @@ class StudyTracker:
                 elif r.info.run_id not in on_front and M.TAG_PARETO in r.data.tags:
                     M.retry(c.delete_tag, r.info.run_id, M.TAG_PARETO)
             with tempfile.TemporaryDirectory(prefix="prunetune-front-") as tmp:
-                write_front_files(front, Path(tmp))
+                write_front_files(front, Path(tmp), figures=figures)
                 M.retry(c.log_artifacts, ctx.parent_run_id, tmp)
             if front.finished != self._last_logged_count:
                 M.log_batch(
@@ -239,7 +333,8 @@ class StudyTracker:
                     tags={"hypervolume_reference": json.dumps(list(front.reference))},
                 )
                 self._last_logged_count = front.finished
-            self._explain_front(on_front)
+            if explain:
+                self._explain_front(on_front)
             return front
 
     def _explain_front(self, on_front: set[str]) -> None:
@@ -256,7 +351,7 @@ class StudyTracker:
             self._explained.add(run_id)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Publish the final front and end the parent run with ``status``.
+        """Publish the final front, explain its runs and end the parent run with ``status``.
 
         Raises:
             ValueError: ``status`` is not FINISHED, FAILED or KILLED.
@@ -265,7 +360,7 @@ class StudyTracker:
             raise ValueError(f"status must be one of {list(_RUN_STATUSES)}, but got {status!r}.")
         ctx = self.context
         try:
-            self.on_trial_complete()
+            self.on_trial_complete(explain=True)
         finally:
             M.retry(self._client.set_terminated, ctx.parent_run_id, status)
 
@@ -286,9 +381,9 @@ class TrialTracker:
     """
 
     def __init__(self, ctx: TrackingContext, trial_number: int, config: Mapping[str, Any] | Any):
-        self.ctx = ctx
-        self.trial_number = int(trial_number)
         self._client = c = M.client(ctx.tracking_uri)
+        self.ctx = ctx = ctx.resolve(c)
+        self.trial_number = int(trial_number)
         flat = _flat_config(config)
         method = str(flat.get("method.name", ""))
         tags = {

@@ -127,6 +127,11 @@ def test_study_tracking_end_to_end(ray_local, tiny_spec, tmp_path):
     front = {rid for rid, p in pts.items() if not dominated(p)}
     tagged = {r.info.run_id for r in children if r.data.tags.get("pareto") == "true"}
     assert tagged == front
+    # Every final front run has its interpretability figures; the parent has the front's.
+    for rid in front:
+        assert "explain/pathways.png" in {f.path for f in client.list_artifacts(rid, "explain")}
+    parent_files = {f.path for f in client.list_artifacts(out.parent_run_id)}
+    assert {"pareto_front.png", "pareto_front.html", "pareto_front.csv"} <= parent_files
     # Delivery: the knee model is a plain torch module reproducing its recorded numbers.
     knee = next(r for r in out.registered if "knee" in r.aliases)
     model = fetch("tiny@knee", tracking_uri=out.tracking_uri)
@@ -135,3 +140,39 @@ def test_study_tracking_end_to_end(ray_local, tiny_spec, tmp_path):
     with torch.no_grad():
         assert evaluate(model, data.x_test, data.y_test) == knee.test_accuracy
     assert count_params(model) == knee.params
+
+
+def test_front_updates_are_throttled_and_figures_wait_for_a_free_core(monkeypatch):
+    """While trials compete for the cores, the driver republishes only the front's table, at
+    most every FRONT_MIN_SECONDS; figures and explanations wait until every trial has started."""
+    import time
+
+    from prunetune.search import runner
+
+    monkeypatch.setattr(runner._LiveState, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(runner._LiveState, "FRONT_MIN_SECONDS", 0.6)
+    monkeypatch.setattr(runner._LiveState, "FIGURES_MIN_SECONDS", 100.0)
+    calls: list[tuple[float, dict]] = []
+    st = runner._LiveState(4, 0, 0, lambda **kw: calls.append((time.monotonic(), kw)))
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(calls) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) == n
+
+    try:
+        for tid in "012":
+            st.started(tid)
+        st.completed("0", {"final": 1})
+        wait_for(1)
+        st.completed("1", {"final": 1})  # within FRONT_MIN_SECONDS of the first update
+        wait_for(2)
+        assert calls[1][0] - calls[0][0] >= 0.6
+        assert [kw for _, kw in calls] == [{"figures": False, "explain": False}] * 2
+        st.started("3")  # every trial has started: a core frees up for good at the next end
+        st.completed("2", {"final": 1})
+        wait_for(3)
+        assert calls[2][1] == {"figures": True, "explain": True}
+    finally:
+        st.close()

@@ -403,3 +403,37 @@ def test_eight_processes_log_concurrently_to_mlflow_server(tmp_path, pool, resul
     data = load_dataset("digits")
     assert evaluate(model, data.x_test, data.y_test) == results[best].metrics["test_accuracy"]
     _check_pareto_tags(c, tracker, ctx, tmp_path)
+
+
+def test_pending_context_waits_for_the_parent_run(tmp_path, db_template):
+    """Workers get a context before the parent run exists (the driver creates it while Ray
+    starts them): a trial logger waits for the driver's session tag, then nests under it."""
+    from mlflow import MlflowClient
+
+    shutil.copyfile(db_template, tmp_path / "mlflow.db")
+    uri = resolve_tracking_uri(None, tmp_path)
+    c = MlflowClient(uri)
+    tracker = StudyTracker(uri, "pend", "pend", SPEC, None, {})
+    pending = tracker.pending_context()
+    assert (pending.experiment_id, pending.parent_run_id) == (None, None)
+    with pytest.raises(TimeoutError, match=f"prunetune.session={tracker.session}"):
+        pending.resolve(c, timeout=0.3)  # nobody is creating the parent run yet
+    # An older session's parent run of the same study is not the one to nest under.
+    StudyTracker(uri, "pend", "pend", SPEC, None, {}).start()
+    tracker.start_in_background()
+    t = TrialTracker(pending, 0, CONFIGS[0])
+    ctx = tracker.context
+    assert t.ctx == ctx and ctx.parent_run_id is not None
+    assert c.get_run(t.run_id).data.tags["mlflow.parentRunId"] == ctx.parent_run_id
+    assert c.get_run(ctx.parent_run_id).data.tags["prunetune.session"] == tracker.session
+    t.fail("RuntimeError: test over")
+
+
+def test_background_start_failure_is_raised_by_context(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    uri = f"sqlite:///{tmp_path}/file/mlflow.db"
+    tracker = StudyTracker(uri, "e", "s", SPEC, None, {})
+    tracker.start_in_background()
+    with pytest.raises(Exception, match=r"File exists|unable to open database|Not a directory"):
+        _ = tracker.context
+    assert tracker.start_failed

@@ -18,6 +18,7 @@ from typing import Any
 
 from prunetune.search import pareto
 from prunetune.search._mlflow import TrialRecord
+from prunetune.search._objective import MAXIMIZE, from_score, metric_of, settings
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,15 @@ class StudyFront:
     knee: int | None
     smallest: int | None
     most_accurate: int | None
+    metric: str = "val_accuracy"  # the first objective; points hold its score (see _objective)
+
+    def value(self, i: int) -> float:
+        """Trial ``i``'s first objective in its own units (accuracy, or loss)."""
+        return from_score(self.metric, self.points[i][0])  # type: ignore[index]
+
+    @property
+    def metric_label(self) -> str:
+        return "validation accuracy" if self.metric == "val_accuracy" else "validation loss"
 
     @property
     def finished(self) -> int:
@@ -74,7 +84,7 @@ class StudyFront:
     def to_json(self) -> dict[str, Any]:
         return {
             "study": self.study,
-            "objectives": {"val_accuracy": "max", "params": "min"},
+            "objectives": {self.metric: "max" if MAXIMIZE[self.metric] else "min", "params": "min"},
             "trials_finished": self.finished,
             "trials_failed": self.failed,
             "reference_point": list(self.reference),
@@ -98,6 +108,8 @@ def study_front(
     """
     recs = tuple(records)
     points = tuple(r.point for r in recs)
+    metric = next((metric_of(r.metrics) for r, p in zip(recs, points, strict=True) if p), None)
+    metric = metric or "val_accuracy"
     ranks = tuple(pareto.non_dominated_ranks(points))
     front = tuple(pareto.pareto_front(points))
     if reference is None:
@@ -106,7 +118,10 @@ def study_front(
             for r, p in zip(recs, points, strict=True)
             if p is not None and math.isfinite(r.metrics.get("params_dense", math.nan))
         ]
-        ref = (0.0, float(max(dense))) if dense else (0.0, 0.0)
+        # accuracy: from 0; loss: from the worst loss seen (a loss has no natural bound)
+        worst = min((p[0] for p in points if p is not None), default=0.0)
+        first = 0.0 if MAXIMIZE[metric] else worst
+        ref = (first, float(max(dense))) if dense else (first, 0.0)
     else:
         ref = (float(reference[0]), float(reference[1]))
     return StudyFront(
@@ -120,6 +135,7 @@ def study_front(
         knee=pareto.knee(points),
         smallest=pareto.smallest(points, min_val_accuracy),
         most_accurate=pareto.most_accurate(points),
+        metric=metric,
     )
 
 
@@ -132,6 +148,8 @@ _CSV_COLUMNS = (
     "density",
     "val_accuracy",
     "test_accuracy",
+    "val_loss",
+    "test_loss",
     "method",
     "selected_as",
     "run_id",
@@ -173,7 +191,7 @@ def front_png(f: StudyFront, path: Path) -> None:
     if dom:
         ax.scatter(
             [max(f.points[i][1], 1.0) for i in dom],  # type: ignore[index]
-            [f.points[i][0] for i in dom],  # type: ignore[index]
+            [f.value(i) for i in dom],
             s=22,
             color="0.55",
             alpha=0.35,
@@ -181,7 +199,7 @@ def front_png(f: StudyFront, path: Path) -> None:
         )
     if f.front:
         xs = [max(f.points[i][1], 1.0) for i in f.front]  # type: ignore[index]
-        ys = [f.points[i][0] for i in f.front]  # type: ignore[index]
+        ys = [f.value(i) for i in f.front]
         ax.step(xs, ys, where="post", color="tab:blue", alpha=0.6, linewidth=1.2)
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3, label=f"Pareto front ({len(xs)})")
         lo, hi = math.log10(min(xs)), math.log10(max(xs))
@@ -200,7 +218,7 @@ def front_png(f: StudyFront, path: Path) -> None:
             )
     ax.set_xscale("log")
     ax.set_xlabel("kept parameters (log scale)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f.metric_label)
     ax.set_title(f"{f.study}: {f.finished} trials, hypervolume {f.hypervolume:.4g}", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     if f.front or dom:
@@ -218,7 +236,7 @@ def front_html(f: StudyFront) -> str:
         lines = [
             f"<b>trial {r.trial}</b> ({html.escape(r.method)})",
             f"params {r.params_kept:,.0f} of {r.metrics.get('params_dense', math.nan):,.0f}",
-            f"val {r.val_accuracy:.4f}  test {r.test_accuracy:.4f}",
+            f"val {r.val_value:.4f}  test {r.test_value:.4f}",
             *(f"{html.escape(k)} = {html.escape(_cell(v))}" for k, v in r.hparams().items()),
             f"run {r.run_id}",
         ]
@@ -233,7 +251,7 @@ def front_html(f: StudyFront) -> str:
         fig.add_trace(
             go.Scatter(
                 x=[max(f.points[i][1], 1.0) for i in idx],  # type: ignore[index]
-                y=[f.points[i][0] for i in idx],  # type: ignore[index]
+                y=[f.value(i) for i in idx],
                 mode="markers+lines" if name == "Pareto front" else "markers",
                 line={"shape": "hv"},
                 marker=style,
@@ -245,7 +263,7 @@ def front_html(f: StudyFront) -> str:
     fig.update_layout(
         title=f"{f.study}: Pareto front (hypervolume {f.hypervolume:.4g})",
         xaxis={"type": "log", "title": "kept parameters"},
-        yaxis={"title": "validation accuracy"},
+        yaxis={"title": f.metric_label},
         template="plotly_white",
     )
     return fig.to_html(include_plotlyjs=True, full_html=True)
@@ -264,14 +282,22 @@ def write_front_files(f: StudyFront, directory: Path, figures: bool = True) -> l
     return out
 
 
-def spec_objectives(parent_params: dict[str, str]) -> tuple[list[float] | None, float | None]:
-    """``(reference_point, min_val_accuracy)`` from a parent run's logged spec params."""
+def spec_objectives(
+    parent_params: dict[str, str],
+) -> tuple[tuple[float, float] | None, float | None]:
+    """``(reference, floor)`` in score units (see ``_objective``) from a parent run's logged
+    spec params: ``objectives.reference_point`` and ``min_val_accuracy`` / ``max_val_loss``."""
     from prunetune.search._mlflow import parse_param
 
+    def num(key: str) -> float | None:
+        v = parse_param(parent_params.get(f"objectives.{key}"))
+        return float(v) if isinstance(v, int | float) else None
+
+    metric = parse_param(parent_params.get("objectives.metric"))
+    metric = metric if metric in MAXIMIZE else "val_accuracy"
     ref = parse_param(parent_params.get("objectives.reference_point"))
-    floor = parse_param(parent_params.get("objectives.min_val_accuracy"))
     ok_ref = [float(ref[0]), float(ref[1])] if isinstance(ref, list) and len(ref) == 2 else None
-    return ok_ref, (float(floor) if isinstance(floor, int | float) else None)
+    return settings(metric, ok_ref, num("min_val_accuracy"), num("max_val_loss"))
 
 
 def front_of_run(
@@ -282,7 +308,7 @@ def front_of_run(
 ) -> StudyFront:
     """The front of the study whose parent run is ``parent``, read from MLflow now.
 
-    ``reference`` / ``min_val_accuracy`` default to the values in the study's spec.
+    ``reference`` / ``min_val_accuracy`` (score units) default to the values in the study's spec.
     """
     from prunetune.search._mlflow import TAG_STUDY, trial_records, trial_runs
 

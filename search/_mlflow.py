@@ -398,6 +398,21 @@ class TrialRecord:
         return float(self.metrics.get("test_accuracy", math.nan))
 
     @property
+    def metric(self) -> str:
+        """The first objective this trial logged: ``val_accuracy`` or ``val_loss``."""
+        from prunetune.search._objective import metric_of
+
+        return metric_of(self.metrics)
+
+    @property
+    def val_value(self) -> float:
+        return float(self.metrics.get(self.metric, math.nan))
+
+    @property
+    def test_value(self) -> float:
+        return float(self.metrics.get("test_" + self.metric[4:], math.nan))
+
+    @property
     def params_kept(self) -> float:
         return float(self.metrics.get("params", math.nan))
 
@@ -411,10 +426,13 @@ class TrialRecord:
 
     @property
     def point(self) -> tuple[float, float] | None:
-        """``(val_accuracy, params)`` of a finished trial, else ``None`` (excluded)."""
+        """``(score, params)`` of a finished trial, else ``None`` (excluded); the score is
+        ``val_accuracy``, or ``-val_loss`` for a regression trial (see ``_objective``)."""
+        from prunetune.search._objective import to_score
+
         if not self.finished:
             return None
-        p = (self.val_accuracy, self.params_kept)
+        p = (to_score(self.metric, self.val_value), self.params_kept)
         return p if all(math.isfinite(v) for v in p) else None
 
     def hparams(self) -> dict[str, Any]:
@@ -434,6 +452,8 @@ class TrialRecord:
             "density": m.get("density"),
             "val_accuracy": m.get("val_accuracy"),
             "test_accuracy": m.get("test_accuracy"),
+            "val_loss": m.get("val_loss"),
+            "test_loss": m.get("test_loss"),
             "hparams": self.hparams(),
         }
 

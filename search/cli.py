@@ -249,12 +249,11 @@ def _print_outcome(outcome: Any) -> None:
     table = Table(
         title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, {outcome.failed} failed)"
     )
-    for col in ("trial", "method", "params", "val_accuracy"):
+    metric = "val_loss" if outcome.front and "val_loss" in outcome.front[0] else "val_accuracy"
+    for col in ("trial", "method", "params", metric):
         table.add_column(col, justify="right")
     for r in outcome.front:
-        table.add_row(
-            str(r["trial"]), str(r["method"]), f"{r['params']:,}", f"{r['val_accuracy']:.4f}"
-        )
+        table.add_row(str(r["trial"]), str(r["method"]), f"{r['params']:,}", f"{r[metric]:.4f}")
     out.print(table)
     out.print(f"Optuna storage: {outcome.storage}  (optuna-dashboard {outcome.storage})")
     if outcome.tracking_uri:

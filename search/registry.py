@@ -190,7 +190,7 @@ def _registered(
         params_dense=round(m.get("params_dense", math.nan))
         if math.isfinite(m.get("params_dense", math.nan))
         else -1,
-        val_accuracy=float(m["val_accuracy"]),
+        val_accuracy=float(m.get("val_accuracy", math.nan)),
         test_accuracy=float(m.get("test_accuracy", math.nan)),
         rules=rules,
         created=created,
@@ -333,8 +333,11 @@ def _create_version(
         "params": str(params),
         "params_dense": str(round(dense)) if math.isfinite(dense) else "",
         "density_pct": f"{100 * m.get('density', math.nan):.2f}",
-        "val_accuracy": repr(float(m["val_accuracy"])),
-        "test_accuracy": repr(float(m.get("test_accuracy", math.nan))),
+        **{
+            k: repr(float(m[k]))
+            for k in ("val_accuracy", "test_accuracy", "val_loss", "test_loss")
+            if k in m
+        },
         "method": rec.method,
         "trial": str(rec.trial),
         "trial_run_id": rec.run_id,
@@ -344,7 +347,8 @@ def _create_version(
     desc = (
         f"Trial {rec.trial} of study {study}: {rec.method}, {params:,} of "
         f"{_fmt_int(tags['params_dense'])} parameters kept ({tags['density_pct']} %), "
-        f"val accuracy {m['val_accuracy']:.4f}, test accuracy {m.get('test_accuracy', math.nan):.4f}."
+        f"val {rec.metric.removeprefix('val_')} {rec.val_value:.4f}, test "
+        f"{rec.metric.removeprefix('val_')} {rec.test_value:.4f}."
     )
     with _global_tracking_uri(tracking_uri):
         return M.retry(

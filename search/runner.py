@@ -31,9 +31,17 @@ from prunetune.search.spec import ValidatedSpec
 
 log = logging.getLogger("prunetune.search")
 
-DIRECTIONS = ("maximize", "minimize")  # (val_accuracy, params)
-METRICS = ["val_accuracy", "params"]
-MODES = ["max", "min"]
+
+def objectives(metric: str) -> tuple[list[str], list[str], list[str]]:
+    """Optuna directions, Tune metrics and Tune modes of (``metric``, params)."""
+    from prunetune.search._objective import MAXIMIZE
+
+    up = MAXIMIZE[metric]
+    return (
+        ["maximize" if up else "minimize", "minimize"],
+        [metric, "params"],
+        ["max" if up else "min", "min"],
+    )
 
 
 @dataclass
@@ -118,7 +126,10 @@ def prepare_study(vspec: ValidatedSpec, storage: Any, fresh: bool) -> tuple[Any,
     else:
         name = names[-1]
     study = optuna.create_study(
-        study_name=name, storage=storage, directions=list(DIRECTIONS), load_if_exists=True
+        study_name=name,
+        storage=storage,
+        directions=objectives(vspec.spec.metric)[0],
+        load_if_exists=True,
     )
     fp = vspec.spec.fingerprint()
     old = study.user_attrs.get("spec_fingerprint")
@@ -406,10 +417,12 @@ class _LiveState:
     def render(self) -> Any:
         from rich.table import Table
 
+        from prunetune.search._objective import from_score, metric_of, score_of
         from prunetune.search.pareto import best_under_budgets, pareto_front
 
         with self._lock:
-            pts = [(r["val_accuracy"], r["params"]) for r in self.done]
+            pts = [(score_of(r), r["params"]) for r in self.done]
+            metric = metric_of(self.done[0]) if self.done else "val_accuracy"
             dense = max((r.get("params_dense", 0) for r in self.done), default=0)
             n_done, n_run, n_fail = len(self.done) + self.already, len(self.running), self.failed
         t = Table.grid(padding=(0, 2))
@@ -426,7 +439,8 @@ class _LiveState:
             best = best_under_budgets(pts, budgets)
             t.add_row(
                 *(
-                    f"≤{100 * f:g}% params: " + (f"{best[b]:.3f}" if best[b] is not None else "–")
+                    f"≤{100 * f:g}% params: "
+                    + (f"{from_score(metric, best[b]):.3f}" if best[b] is not None else "–")
                     for f, b in zip((0.01, 0.05, 0.25, 1.0), budgets, strict=True)
                 ),
                 "",
@@ -493,11 +507,13 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         from prunetune.search.tracking import StudyTracker, resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(opts.tracking_uri or spec.tracking.uri, workdir)
+        logged_spec = spec.model_dump(mode="json")
+        logged_spec["objectives"]["metric"] = spec.metric  # resolved from the dataset's task
         tracker = StudyTracker(
             tracking_uri,
             spec.tracking.experiment or spec.name,
             study_name,
-            spec.model_dump(mode="json"),
+            logged_spec,
             vspec.source,
             {"optuna_storage": storage, "sampler": spec.search.sampler},
             explain=spec.tracking.explain,
@@ -519,10 +535,11 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             _ray_init(opts.ray_address)
             # Resumed studies reseed the sampler so they do not replay the first run's draws.
             seed_shift = len(study.trials)
+            _, metrics, modes = objectives(spec.metric)
             searcher = _searcher_class()(
                 space=partial(_define_by_run, vspec=vspec),
-                metric=METRICS,
-                mode=MODES,
+                metric=metrics,
+                mode=modes,
                 sampler=make_sampler(vspec, seed_offset=seed_shift),
                 study_name=study_name,
                 storage=rdb,
@@ -576,10 +593,11 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     if tracker is not None:
         ctx = tracker.context  # raises what starting the tracker raised
     study_states = count_states(study)
-    trials = _trial_rows(study)
+    trials = _trial_rows(study, spec.metric)
+    from prunetune.search._objective import settings
     from prunetune.search.pareto import pareto_front
 
-    pts = [(t["val_accuracy"], t["params"]) for t in trials]
+    pts = [(t["score"], t["params"]) for t in trials]
     front = [trials[i] for i in pareto_front(pts)]
     outcome = StudyOutcome(
         study_name=study_name,
@@ -601,8 +619,10 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             if register and trials:
                 from prunetune.search.registry import register_study
 
+                o = spec.objectives
+                _, floor = settings(spec.metric, None, o.min_val_accuracy, o.max_val_loss)
                 outcome.registered = register_study(
-                    tracking_uri, study_name, min_val_accuracy=spec.objectives.min_val_accuracy
+                    tracking_uri, study_name, min_val_accuracy=floor
                 )
         except Exception:
             status = "FAILED"
@@ -632,7 +652,11 @@ class StudyFailed(RuntimeError):
         self.outcome = outcome
 
 
-def _trial_rows(study: Any) -> list[dict[str, Any]]:
+def _trial_rows(study: Any, metric: str = "val_accuracy") -> list[dict[str, Any]]:
+    """Complete trials: ``metric`` and ``params`` (Optuna's values) and ``score`` (the metric
+    as the Pareto code ranks it: higher is better)."""
+    from prunetune.search._objective import to_score
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name != "COMPLETE" or t.values is None:
@@ -640,7 +664,8 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": t.number,
-                "val_accuracy": float(t.values[0]),
+                metric: float(t.values[0]),
+                "score": to_score(metric, t.values[0]),
                 "params": int(t.values[1]),
                 "method": t.params.get("method") or _only_method(study),
                 "params_sampled": dict(t.params),
@@ -657,6 +682,7 @@ def _only_method(study: Any) -> str:
 
 def _start_line_progress(state: _LiveState) -> None:
     """Non-TTY progress: one line per completed trial (for logs and CI)."""
+    from prunetune.search._objective import metric_of
 
     def loop() -> None:
         seen = 0
@@ -667,7 +693,7 @@ def _start_line_progress(state: _LiveState) -> None:
                 seen += len(new)
             for r in new:
                 print(
-                    f"[prunetune] trial {int(r['trial_number'])} done: val_accuracy={r['val_accuracy']:.4f} "
+                    f"[prunetune] trial {int(r['trial_number'])} done: {metric_of(r)}={r[metric_of(r)]:.4g} "
                     f"params={int(r['params'])} ({100 * r['density']:.2f}%) in {r.get('seconds', 0):.1f}s",
                     file=sys.stderr,
                     flush=True,

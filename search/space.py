@@ -70,7 +70,12 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
             "activation": activation,
         },
         "method": {"name": method, **hp},
-        "train": {**train, "epochs": spec.train.epochs, "seed": spec.train.seed},
+        "train": {
+            **train,
+            "epochs": spec.train.epochs,
+            "seed": spec.train.seed,
+            "loss": spec.train.loss,
+        },
     }
 
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prunetune.search._errors import ConfigError, format_pydantic
 
@@ -97,14 +105,26 @@ class TrainSpace(_Strict):
     optimizer: str | list[str] = "adam"
     weight_decay: float | list[float] = 0.0
     seed: int = Field(0, ge=0, description="training seed shared by every trial")
+    loss: Literal["auto", "cross_entropy", "mse", "l1"] = Field(
+        "auto", description="auto: cross_entropy (classification) or mse (regression)"
+    )
 
 
 class Objectives(_Strict):
-    accuracy: Literal["val_accuracy"] = "val_accuracy"
+    """Two objectives: the validation metric (accuracy ↑ or loss ↓) and the kept parameters ↓."""
+
+    metric: Literal["val_accuracy", "val_loss"] | None = Field(
+        None,
+        validation_alias=AliasChoices("metric", "accuracy"),
+        description="val_accuracy (max) or val_loss (min); default: by the dataset's task",
+    )
     size: Literal["params"] = "params"
     min_val_accuracy: float | None = Field(None, ge=0, le=1, description="floor for 'smallest'")
+    max_val_loss: float | None = Field(None, ge=0, description="ceiling for 'smallest' (val_loss)")
     reference_point: tuple[float, float] | None = Field(
-        None, description="hypervolume reference (val_accuracy, params); default (0, params_dense)"
+        None,
+        description="hypervolume reference (metric, params); default (0 accuracy or the worst "
+        "loss, params_dense)",
     )
 
 
@@ -172,13 +192,21 @@ class StudySpec(_Strict):
     def _family_fits_dataset(self) -> StudySpec:
         from prunetune.datasets import dataset_info
 
-        shape = dataset_info(self.dataset).input_shape
+        info = dataset_info(self.dataset)
+        shape = info.input_shape
         if self.model.family == "lenet5" and (len(shape) != 3 or min(shape[1:]) < 20):
             raise ValueError(
                 f"model.family 'lenet5' needs images of at least 20x20, but dataset "
                 f"{self.dataset!r} has input shape {tuple(shape)}"
             )
         return self
+
+    @property
+    def metric(self) -> str:
+        """The first objective: ``val_accuracy`` (max) or ``val_loss`` (min)."""
+        from prunetune.datasets import dataset_info
+
+        return self.objectives.metric or _METRIC_OF_TASK[dataset_info(self.dataset).task]
 
     def fingerprint(self) -> str:
         """Hash of what defines the search space (not run settings like n_trials)."""
@@ -225,6 +253,34 @@ def _validate_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
+_METRIC_OF_TASK = {"classification": "val_accuracy", "regression": "val_loss"}
+_LOSSES_OF_TASK = {"classification": ("cross_entropy",), "regression": ("mse", "l1")}
+
+
+def _validate_objectives(spec: StudySpec) -> None:
+    """The metric, its floor and the loss must fit the dataset's task."""
+    from prunetune.datasets import dataset_info
+
+    task = dataset_info(spec.dataset).task
+    metric, o = _METRIC_OF_TASK[task], spec.objectives
+    where = f"for dataset {spec.dataset!r} ({task})"
+    if o.metric not in (None, metric):
+        raise ConfigError(f"objectives.metric: must be {metric!r} {where}, got {o.metric!r}")
+    if metric == "val_loss" and o.min_val_accuracy is not None:
+        raise ConfigError(
+            f"objectives.min_val_accuracy: applies to val_accuracy; a val_loss study "
+            f"takes objectives.max_val_loss, got {o.min_val_accuracy!r}"
+        )
+    if metric == "val_accuracy" and o.max_val_loss is not None:
+        raise ConfigError(
+            f"objectives.max_val_loss: applies to val_loss; a val_accuracy study "
+            f"takes objectives.min_val_accuracy, got {o.max_val_loss!r}"
+        )
+    losses = ["auto", *_LOSSES_OF_TASK[task]]
+    if spec.train.loss not in losses:
+        raise ConfigError(f"train.loss: must be one of {losses} {where}, got {spec.train.loss!r}")
+
+
 def _validate_train(train: TrainSpace) -> dict[str, tuple[Any, ...]]:
     out = {}
     for name, param in TRAIN_TABLE.items():
@@ -243,6 +299,7 @@ class ValidatedSpec:
         self.source = source
         self.method_ranges = _validate_methods(spec.methods)
         self.train_ranges = _validate_train(spec.train)
+        _validate_objectives(spec)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.spec, item)

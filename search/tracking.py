@@ -293,20 +293,25 @@ class StudyTracker:
             the recomputed front (callers may ignore it).
         """
         from prunetune.search._front import spec_objectives, study_front, write_front_files
+        from prunetune.search._objective import settings
 
         ctx = self.context
         with self._lock:
             c = self._client
             parent = M.retry(c.get_run, ctx.parent_run_id)
             runs = M.trial_runs(c, parent)
-            objectives = self.spec.get("objectives") or {}
+            o = self.spec.get("objectives") or {}
             logged_ref, logged_floor = spec_objectives(dict(parent.data.params))
-            ref = objectives.get("reference_point") or logged_ref
-            floor = objectives.get("min_val_accuracy")
+            ref, floor = settings(
+                o.get("metric") or "val_accuracy",
+                o.get("reference_point"),
+                o.get("min_val_accuracy"),
+                o.get("max_val_loss"),
+            )
             front = study_front(
                 self.study_name,
                 M.trial_records(runs),
-                reference=ref,
+                reference=ref or logged_ref,
                 min_val_accuracy=floor if floor is not None else logged_floor,
             )
             on_front = front.front_run_ids

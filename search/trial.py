@@ -52,6 +52,9 @@ class TrainSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     seed: int = Field(0, ge=0)
+    loss: Literal["auto", "cross_entropy", "mse", "l1"] = Field(
+        "auto", description="auto: cross_entropy (classification) or mse (regression)"
+    )
 
 
 class TrialConfig(BaseModel):
@@ -146,6 +149,19 @@ def flat_config(config: TrialConfig) -> dict[str, Any]:
     return out
 
 
+def _loss_for(loss: str, task: str, dataset: str) -> str:
+    """``train.loss`` resolved for the dataset's task (``auto``: cross entropy or MSE)."""
+    allowed = ("cross_entropy",) if task == "classification" else ("mse", "l1")
+    if loss == "auto":
+        return allowed[0]
+    if loss not in allowed:
+        raise ConfigError(
+            f"train.loss {loss!r} does not fit dataset {dataset!r} ({task}); "
+            f"use one of {['auto', *allowed]}"
+        )
+    return loss
+
+
 def run_trial(
     config: Mapping[str, Any] | TrialConfig,
     report: Callable[[dict[str, float]], None] | None = None,
@@ -172,7 +188,7 @@ def run_trial(
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=str(device))
-    loss = "cross_entropy" if data.task == "classification" else "mse"
+    loss = _loss_for(cfg.train.loss, data.task, cfg.dataset)
     metric = "accuracy" if loss == "cross_entropy" else "loss"
     arch = family_spec(
         cfg.model.family,
@@ -185,7 +201,7 @@ def run_trial(
     torch.manual_seed(cfg.train.seed)
     model = build_model(arch).to(device)
     method = make_method(cfg.method)
-    tcfg = TrainConfig(loss=loss, **cfg.train.model_dump())
+    tcfg = TrainConfig(loss=loss, **cfg.train.model_dump(exclude={"loss"}))
 
     def epoch_metrics() -> dict[str, float]:
         ex = export_compact(model, arch, method.masks())

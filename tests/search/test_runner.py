@@ -176,3 +176,57 @@ def test_front_updates_are_throttled_and_figures_wait_for_a_free_core(monkeypatc
         assert calls[2][1] == {"figures": True, "explain": True}
     finally:
         st.close()
+
+
+def test_val_loss_study_minimises_the_loss(ray_local, tiny_spec, tmp_path):
+    """A regression study (pathways-toy) ranks trials on val_loss ↓ and params ↓: Optuna's
+    directions, the outcome's front, the MLflow pareto tags and the registered models agree
+    with an independent dominance check on the logged losses."""
+    import mlflow
+
+    tiny_spec.update(
+        name="toy",
+        dataset="pathways-toy",
+        model={"family": "mlp", "depth": 2, "width": [4, 10], "activation": "silu"},
+        train={"epochs": 3, "batch_size": 64, "lr": [0.003, 0.03], "loss": "l1"},
+        tracking={"enabled": True, "register": True, "explain": False},
+        objectives={"max_val_loss": 10.0},
+    )
+    out = _run(tiny_spec, tmp_path)
+    study = optuna.load_study(study_name="toy", storage=out.storage)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert out.completed == 4 and all("val_loss" in t for t in out.trials)
+
+    def front_of(pts: dict) -> set:
+        return {
+            k
+            for k, p in pts.items()
+            if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts.values())
+        }
+
+    by_trial = {t["trial"]: (t["val_loss"], t["params"]) for t in out.trials}
+    assert {t["trial"] for t in out.front} == front_of(by_trial)
+
+    client = mlflow.MlflowClient(out.tracking_uri)
+    exp = client.get_experiment_by_name("toy")
+    children = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == out.parent_run_id
+    ]
+    assert all("val_accuracy" not in r.data.metrics for r in children)
+    assert all(r.data.params["train.loss"] == "l1" for r in children)
+    pts = {r.info.run_id: (r.data.metrics["val_loss"], r.data.metrics["params"]) for r in children}
+    tagged = {r.info.run_id for r in children if r.data.tags.get("pareto") == "true"}
+    assert tagged == front_of(pts)
+    parent = client.get_run(out.parent_run_id)
+    assert parent.data.params["objectives.metric"] == "val_loss"
+    # the smallest model whose loss is under the ceiling, and the most accurate = lowest loss
+    by_alias = {a: v for v in out.registered for a in v.aliases}
+    best = min(pts.values())
+    assert (by_alias["most-accurate"].params, by_alias["most-accurate"].val_accuracy) == (
+        best[1],
+        pytest.approx(float("nan"), nan_ok=True),
+    )
+    ok = [p for p in pts.values() if p[0] <= 10.0]
+    assert by_alias["smallest"].params == min(p[1] for p in ok)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from prunetune.search._errors import ConfigError
 from prunetune.search.cli import app
 from prunetune.search.spec import load_spec, parse_spec
 
@@ -83,6 +84,14 @@ MALFORMED = [
     ("name", "bad name!", r"name: .*got 'bad name!'"),
     ("dataset", _DELETE, r"dataset: Field required"),
     ("model.family", "lenet5", r"model\.family 'lenet5' needs images of at least 20x20.*'digits'"),
+    (
+        "objectives.metric",
+        "val_loss",
+        r"objectives\.metric: must be 'val_accuracy' .*got 'val_loss'",
+    ),
+    ("objectives.metric", "val_f1", r"objectives\.metric: .*got 'val_f1'"),
+    ("objectives.max_val_loss", 0.5, r"objectives\.max_val_loss: applies to val_loss.*got 0\.5"),
+    ("train.loss", "mse", r"train\.loss: must be one of \['auto', 'cross_entropy'\] .*got 'mse'"),
 ]
 
 
@@ -152,3 +161,17 @@ def test_ranges_are_checked_against_the_method_table():
     assert v.method_ranges["gumbel"]["lam"] == (0.5, 2.0)
     assert v.method_ranges["gumbel"]["penalty"] == ("density",)
     assert v.train_ranges["lr"] == (0.001, 0.01)
+
+
+def test_regression_study_defaults_to_val_loss_and_rejects_accuracy_floors():
+    toy = {**_with("dataset", "pathways-toy"), "model": {"family": "mlp", "depth": 2, "width": 10}}
+    toy["objectives"] = {}  # the quick-start's accuracy floor does not apply to a loss
+    assert parse_spec(toy).spec.metric == "val_loss"
+    assert parse_spec(_with("objectives.accuracy", "val_loss", toy)).spec.metric == "val_loss"
+    assert parse_spec(BASE).spec.metric == "val_accuracy"
+    with pytest.raises(ConfigError, match=r"objectives\.min_val_accuracy: applies to val_accuracy"):
+        parse_spec(_with("objectives.min_val_accuracy", 0.9, toy))
+    with pytest.raises(
+        ConfigError, match=r"train\.loss: .*\['auto', 'mse', 'l1'\].*'cross_entropy'"
+    ):
+        parse_spec(_with("train.loss", "cross_entropy", toy))

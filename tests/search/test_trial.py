@@ -1,0 +1,45 @@
+"""run_trial's loss choice: ``train.loss`` picks MSE or L1 for regression and must fit the task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunetune.search._errors import ConfigError
+from prunetune.search.trial import run_trial
+
+TOY = {
+    "dataset": "pathways-toy",
+    "model": {"widths": [10, 10], "activation": "silu"},
+    "method": {"name": "none"},
+    "train": {"epochs": 2, "batch_size": 100, "lr": 0.01},
+    "threads": 1,
+    "device": "cpu",
+}
+
+
+def _with_loss(loss: str) -> dict:
+    return {**TOY, "train": {**TOY["train"], "loss": loss}}
+
+
+def test_regression_loss_is_selectable_and_is_what_val_loss_measures():
+    from prunetune.datasets import load_dataset
+
+    auto, mse, l1 = (run_trial(_with_loss(x)) for x in ("auto", "mse", "l1"))
+    assert auto.metrics["val_loss"] == mse.metrics["val_loss"]  # auto = MSE for regression
+    assert "val_accuracy" not in l1.metrics
+    # val_loss of the exported model, recomputed by hand with each loss
+    data = load_dataset("pathways-toy")
+    for res, fn in ((mse, torch.nn.functional.mse_loss), (l1, torch.nn.functional.l1_loss)):
+        with torch.no_grad():
+            out = res.export.model.eval()(data.x_val)
+            expected = float(fn(out, data.y_val, reduction="sum")) / len(data.y_val)
+        assert res.metrics["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert l1.metrics["val_loss"] != mse.metrics["val_loss"]
+
+
+def test_a_loss_that_does_not_fit_the_task_names_the_field():
+    with pytest.raises(ConfigError, match=r"train\.loss 'mse' does not fit dataset 'digits'"):
+        run_trial({"dataset": "digits", "train": {"epochs": 1, "loss": "mse"}})
+    with pytest.raises(ConfigError, match=r"train\.loss 'cross_entropy' .*'pathways-toy'"):
+        run_trial(_with_loss("cross_entropy"))

@@ -54,7 +54,9 @@ def _widths(text: str | None, field: str) -> list[int] | None:
 
 @app.command()
 def train(
-    dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="digits | fashion-mnist | mnist | pathways-toy")
+    ] = "digits",
     data_dir: Annotated[Path | None, typer.Option(help="directory of IDX files")] = None,
     model: Annotated[str, typer.Option(help="model family: mlp | lenet5 | cnn")] = "mlp",
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 300,100")] = None,
@@ -75,6 +77,9 @@ def train(
     ] = None,
     lr: Annotated[float, typer.Option(help="weight learning rate")] = 2e-3,
     optimizer: Annotated[str, typer.Option(help="adam | adamw | sgd")] = "adam",
+    loss: Annotated[
+        str, typer.Option(help="auto (cross_entropy / mse by task) | cross_entropy | mse | l1")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="seed (weights, shuffling, mask noise)")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:N]")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
@@ -111,6 +116,7 @@ def train(
             "lr": lr,
             "optimizer": optimizer,
             "seed": seed,
+            "loss": loss,
         },
         "device": device,
         "threads": threads,

@@ -96,12 +96,16 @@ def parse_config(config: Mapping[str, Any] | TrialConfig) -> TrialConfig:
     Raises:
         ConfigError: naming the field path and the bad value.
     """
+    from prunetune.datasets import dataset_info
+
     if isinstance(config, TrialConfig):
         return config
     try:
-        return TrialConfig.model_validate(dict(config))
+        cfg = TrialConfig.model_validate(dict(config))
     except ValidationError as e:
         raise ConfigError(format_pydantic(e, "trial config")) from None
+    _loss_for(cfg.train.loss, dataset_info(cfg.dataset).task, cfg.dataset)  # fits the task
+    return cfg
 
 
 def resolve_device(device: str) -> torch.device:

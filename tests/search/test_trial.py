@@ -43,3 +43,19 @@ def test_a_loss_that_does_not_fit_the_task_names_the_field():
         run_trial({"dataset": "digits", "train": {"epochs": 1, "loss": "mse"}})
     with pytest.raises(ConfigError, match=r"train\.loss 'cross_entropy' .*'pathways-toy'"):
         run_trial(_with_loss("cross_entropy"))
+
+
+def test_train_cli_takes_the_loss():
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunetune.search.cli import app
+
+    args = ["train", "--dataset", "pathways-toy", "--widths", "10,10", "--epochs", "1", "--json"]
+    res = CliRunner().invoke(app, [*args, "--loss", "l1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "val_loss" in out and "val_accuracy" not in out
+    bad = CliRunner().invoke(app, ["train", "--loss", "mse", "--epochs", "1"])
+    assert bad.exit_code == 2 and "train.loss 'mse' does not fit dataset 'digits'" in bad.output

@@ -1,13 +1,15 @@
 """Runner scaling: the same 8 digits trials sequentially vs through the runner, 2 at a time.
 
 (b) runs first: ``run_study`` (Optuna NSGA-II samples, Ray Tune executes, 2 concurrent trials of
-1 CPU each, MLflow tracking on unless --no-tracking). (a) then runs exactly the configs (b) ran,
-in a plain Python loop calling ``run_trial`` with the same resources per trial (1 thread); (a')
-repeats the loop with torch's default threads (the whole machine), for reference.
+1 CPU each, MLflow tracking on unless --no-tracking, a fresh study and store each round). (a)
+then runs exactly the configs (b) ran, in a plain Python loop calling ``run_trial`` with the same
+resources per trial (1 thread). ``--rounds`` repeats (b)-(a) pairs; a shared VM's speed drifts
+over minutes, so each round's ratio compares neighbours in time. ``--default-threads`` adds (a'),
+the loop with torch's default threads (the whole machine), for reference.
 
 Figures:
-* ``speedup`` = (a) wall time / (b) wall time, Ray already started (as on a cluster);
-  ``speedup_cold`` includes starting the local Ray.
+* ``speedup`` = median over rounds of (a) wall time / (b) wall time, Ray already started (as
+  on a cluster); ``speedup_cold`` adds starting the local Ray to the median round's (b).
 * ``overhead_s`` = median over trials of (driver-observed trial time − the trial's own training
   time): Tune scheduling, actor reuse, data loading, export, MLflow logging.
 Acceptance (issue 3): speedup ≥ 1.6 on 2 cores, overhead ≤ 1.5 s.
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -52,6 +55,16 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=int, default=SPEC["train"]["epochs"])
     ap.add_argument("--no-tracking", action="store_true")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="(b) then (a), this many times; the headline is the median round's speedup "
+        "(a shared 2-core VM drifts by tens of percent over minutes)",
+    )
+    ap.add_argument(
+        "--default-threads", action="store_true", help="also time (a') once, for reference"
+    )
     args = ap.parse_args()
     import ray
 
@@ -62,62 +75,83 @@ def main() -> None:
     spec = {**SPEC, "train": {**SPEC["train"], "epochs": args.epochs}}
     if args.no_tracking:
         spec["tracking"] = {"enabled": False}
-    work = Path(tempfile.mkdtemp(prefix="prunetune-scaling-"))
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     t_ray = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    out = run_study(parse_spec(spec), RunOptions(workdir=work, progress=False))
-    t_runner = time.perf_counter() - t1
-    ray.shutdown()
-    assert out.completed == 8, out
-    # Exactly the configs the runner ran, as the workers saw them (minus device/threads).
-    import optuna
 
-    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
-    configs = []
-    from prunetune.search.space import sample_config
+    def runner_round() -> tuple[float, list[dict], Any]:
+        work = Path(tempfile.mkdtemp(prefix="prunetune-scaling-"))
+        t1 = time.perf_counter()
+        out = run_study(parse_spec(spec), RunOptions(workdir=work, progress=False))
+        wall = time.perf_counter() - t1
+        assert out.completed == 8, out
+        # Exactly the configs the runner ran, as the workers saw them (minus device/threads).
+        import optuna
 
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE":
-            fixed = optuna.trial.FixedTrial(t.params, number=t.number)
-            configs.append(sample_config(fixed, parse_spec(spec)))
+        from prunetune.search.space import sample_config
 
-    def sequential(threads: int | None) -> tuple[float, list[dict]]:
+        study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+        configs = [
+            sample_config(optuna.trial.FixedTrial(t.params, number=t.number), parse_spec(spec))
+            for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"
+        ]
+        return wall, configs, out
+
+    def sequential(configs: list[dict], threads: int | None) -> tuple[float, list[dict]]:
         t = time.perf_counter()
         ms = [run_trial({**cfg, "threads": threads}).metrics for cfg in configs]
         return time.perf_counter() - t, ms
 
-    # Headline: the same trials with the same per-trial resources as the runner gives them
-    # (1 thread each). For reference, the loop with torch's default threads (whole machine).
-    t_seq, seq = sequential(1)
-    t_seq_all, _ = sequential(None)
+    rounds, overheads, seq = [], [], []
+    for r in range(args.rounds):
+        t_runner, configs, out = runner_round()
+        # (a): the same trials with the same per-trial resources as the runner gives them
+        t_seq, seq = sequential(configs, 1)
+        overheads += [tm["driver_seconds"] - tm["train_seconds"] for tm in out.trial_timings]
+        rounds.append(
+            {
+                "round": r + 1,
+                "sequential_s": t_seq,
+                "runner_s": t_runner,
+                "speedup": t_seq / t_runner,
+            }
+        )
+        print(
+            f"round {r + 1}: sequential {t_seq:.1f} s, runner {t_runner:.1f} s, "
+            f"speedup {t_seq / t_runner:.3f}",
+            flush=True,
+        )
+    t_seq_all = sequential(configs, None)[0] if args.default_threads else None
+    ray.shutdown()
 
-    overheads = [tm["driver_seconds"] - tm["train_seconds"] for tm in out.trial_timings]
-    rows = [
-        {"mode": "(a) sequential loop, 1 thread/trial", "wall_s": t_seq, "trials": len(seq)},
-        {"mode": "(a') sequential loop, default threads", "wall_s": t_seq_all, "trials": len(seq)},
-        {"mode": "(b) runner, 2 concurrent", "wall_s": t_runner, "trials": out.completed},
-        {"mode": "(b) + Ray start-up", "wall_s": t_runner + t_ray, "trials": out.completed},
-    ]
-    print_table(rows, ["mode", "wall_s", "trials"], "search scaling — 8 digits trials, 2 CPU cores")
-    print(
-        f"median trial training time: {statistics.median(m['seconds'] for m in seq):.2f} s (sequential)"
+    mid = sorted(rounds, key=lambda x: x["speedup"])[(len(rounds) - 1) // 2]
+    print_table(
+        rounds,
+        ["round", "sequential_s", "runner_s", "speedup"],
+        "search scaling — 8 digits trials, (a) 1 thread/trial vs (b) runner, 2 concurrent",
     )
     print(
-        f"per-trial overhead (driver time − training time): median {statistics.median(overheads):.3f} s, max {max(overheads):.3f} s"
+        f"median trial training time: {statistics.median(m['seconds'] for m in seq):.2f} s "
+        "(sequential, last round)"
     )
+    print(
+        f"per-trial overhead (driver time − training time): median "
+        f"{statistics.median(overheads):.3f} s, max {max(overheads):.3f} s"
+    )
+    if t_seq_all is not None:
+        print(f"(a') sequential with default threads: {t_seq_all:.1f} s")
     emit(
         {
-            "speedup": round(t_seq / t_runner, 3),
-            "speedup_cold": round(t_seq / (t_runner + t_ray), 3),
+            "speedup": round(statistics.median(x["speedup"] for x in rounds), 3),
+            "speedups": [round(x["speedup"], 3) for x in rounds],
+            "speedup_cold": round(mid["sequential_s"] / (mid["runner_s"] + t_ray), 3),
             "overhead_s": round(statistics.median(overheads), 3),
-            "speedup_vs_default_threads": round(t_seq_all / t_runner, 3),
-            "sequential_s": round(t_seq, 2),
-            "sequential_default_threads_s": round(t_seq_all, 2),
-            "runner_s": round(t_runner, 2),
+            "sequential_s": [round(x["sequential_s"], 2) for x in rounds],
+            "runner_s": [round(x["runner_s"], 2) for x in rounds],
             "ray_start_s": round(t_ray, 2),
             "tracking": not args.no_tracking,
+            **({"sequential_default_threads_s": round(t_seq_all, 2)} if t_seq_all else {}),
         }
     )
 

@@ -198,7 +198,10 @@ class StudyTracker:
 
     def start_in_background(self) -> None:
         """:meth:`start` in a thread, so that a fresh store's schema set-up (seconds for SQLite)
-        overlaps Ray starting the workers; :attr:`context` waits for it."""
+        overlaps Ray starting the workers; :attr:`context` waits for it. Only the first call
+        starts anything."""
+        if self._starter is not None or self._ctx is not None:
+            return
 
         def run() -> None:
             try:

@@ -528,6 +528,12 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             vspec.source,
             {"optuna_storage": storage, "sampler": spec.search.sampler},
             explain=spec.tracking.explain,
+            recorded={
+                t.number
+                for t in study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+                )
+            },
         )
         # The parent run is created while Ray starts the workers (from Tune's first ask, so
         # that the driver's way to it is not slowed); the workers wait for its tag.
@@ -596,7 +602,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                 _start_line_progress(state)
             tuner.fit()
     except BaseException:
-        if tracker is not None and not tracker.start_failed:
+        if tracker is not None and tracker.started and not tracker.start_failed:
             _stop_views(live, state)  # the parent run stays RUNNING; publish what did finish
             tracker.on_trial_complete()
         raise

@@ -134,6 +134,10 @@ class StudyTracker:
         spec: the validated study spec as a mapping (or a pydantic model).
         spec_path: the YAML file it came from, logged as an artifact if given.
         tags: extra tags for the parent run.
+        explain: log interpretability figures for the front's runs.
+        recorded: trial numbers the Optuna study holds COMPLETE; on resume, a FINISHED child
+            run of any other trial (the driver died between the worker's last write and
+            Optuna's record) is ended KILLED, like one left RUNNING.
 
     Example:
         >>> tracker = StudyTracker("sqlite:////tmp/s/mlflow.db", "s", "s", {}, None, {})
@@ -149,6 +153,7 @@ class StudyTracker:
         spec_path: str | None,
         tags: Mapping[str, str] | None = None,
         explain: bool = True,
+        recorded: set[int] | None = None,
     ) -> None:
         if "://" not in tracking_uri:
             raise ValueError(
@@ -169,6 +174,7 @@ class StudyTracker:
         self._last_logged_count = -1
         self.resumed = False
         self.explain = explain  # log interpretability figures for Pareto-optimal trials
+        self.recorded = recorded  # trial numbers the Optuna study holds as COMPLETE
         self._explained: set[str] = set()
         self.session = uuid.uuid4().hex
         self._starter: threading.Thread | None = None
@@ -216,6 +222,11 @@ class StudyTracker:
     def start_failed(self) -> bool:
         return self._start_error is not None
 
+    @property
+    def started(self) -> bool:
+        """:meth:`start` ran or runs (in the background), whatever its outcome."""
+        return self._starter is not None or self._ctx is not None
+
     def start(self) -> TrackingContext:
         """Create (or resume) the study's parent run; returns the context for workers."""
         c = self._client = M.client(self.tracking_uri)
@@ -236,13 +247,24 @@ class StudyTracker:
                 extra_tags["prunetune.spec_changed"] = ",".join(changed)[: M.MAX_TAG_LENGTH]
             M.log_batch(c, run_id, params=new, tags={**self._parent_tags(), **extra_tags})
             # Child runs still RUNNING belong to a driver that died (one driver per study):
-            # their Optuna trials are marked FAIL by the runner, so end them here too.
+            # their Optuna trials are marked FAIL by the runner, so end them here too. So are
+            # FINISHED ones whose result the driver died before telling Optuna: the Optuna
+            # study is the record, and MLflow's front must not count a trial it lacks.
             for child in M.trial_runs(c, parent):
-                if child.info.status == "RUNNING":
+                status = child.info.status
+                trial = child.data.tags.get(M.TAG_TRIAL, "")
+                unrecorded = (
+                    status == "FINISHED"
+                    and self.recorded is not None
+                    and trial.isdigit()
+                    and int(trial) not in self.recorded
+                )
+                if status == "RUNNING" or unrecorded:
+                    why = "before Optuna recorded the trial" if unrecorded else ""
                     M.log_batch(
                         c,
                         child.info.run_id,
-                        tags={M.TAG_FAILURE: "interrupted: the driver stopped"},
+                        tags={M.TAG_FAILURE: f"interrupted: the driver stopped {why}".strip()},
                     )
                     M.retry(c.set_terminated, child.info.run_id, status="KILLED")
         else:

@@ -437,3 +437,23 @@ def test_background_start_failure_is_raised_by_context(tmp_path):
     with pytest.raises(Exception, match=r"File exists|unable to open database|Not a directory"):
         _ = tracker.context
     assert tracker.start_failed
+
+
+def test_resume_ends_runs_optuna_never_recorded(tmp_path, db_template):
+    """A driver killed after a worker finished its run but before Optuna recorded the trial:
+    on resume that run is KILLED like a RUNNING one, so MLflow's front matches the study."""
+    from mlflow import MlflowClient
+
+    uri, _, ctx = _sqlite_study(tmp_path, db_template, "rec")
+    kept = TrialTracker(ctx, 0, CONFIGS[0]).finish(_fake_result(0.5, 10))
+    lost = TrialTracker(ctx, 1, CONFIGS[1]).finish(_fake_result(0.9, 5))  # no Optuna record
+    running = TrialTracker(ctx, 2, CONFIGS[2]).run_id  # left RUNNING
+    again = StudyTracker(uri, "rec", "rec", SPEC, None, {}, recorded={0}).start()
+    assert again.parent_run_id == ctx.parent_run_id
+    c = MlflowClient(uri)
+    status = {rid: c.get_run(rid).info.status for rid in (kept, lost, running)}
+    assert status == {kept: "FINISHED", lost: "KILLED", running: "KILLED"}
+    assert c.get_run(lost).data.tags["prunetune.failure"] == (
+        "interrupted: the driver stopped before Optuna recorded the trial"
+    )
+    assert c.get_run(running).data.tags["prunetune.failure"] == "interrupted: the driver stopped"

@@ -159,11 +159,8 @@ def count_states(study: Any) -> dict[str, int]:
 
 
 # -- the trial as Ray sees it ----------------------------------------------------------------
-def _define_by_run(trial: Any, vspec: ValidatedSpec, key: str = "") -> dict[str, Any]:
+def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     from prunetune.search.space import sample_config
-
-    if st := _live(key):
-        st.asked()
 
     return {"trial_config": sample_config(trial, vspec), "trial_number": int(trial.number)}
 
@@ -326,11 +323,9 @@ class _LiveState:
         max_failures: int,
         on_complete: Callable[[], Any] | None,
         aborted: Callable[[], bool] | None = None,
-        on_first_ask: Callable[[], Any] | None = None,
     ) -> None:
         self.total, self.already, self.max_failures = total, already, max_failures
         self.aborted = aborted or (lambda: False)
-        self._on_first_ask = on_first_ask
         self.t0 = time.time()
         self.running: dict[str, float] = {}
         self.done: list[dict[str, Any]] = []
@@ -382,12 +377,6 @@ class _LiveState:
             next_at = now + max(self.FRONT_MIN_SECONDS, 3 * (now - t))
             if figures:
                 figures_at = now + max(self.FIGURES_MIN_SECONDS, 3 * (now - t))
-
-    def asked(self) -> None:
-        """Tune asked the searcher for a trial (its actors start next)."""
-        if (f := self._on_first_ask) is not None:
-            self._on_first_ask = None
-            f()
 
     def _all_started(self) -> bool:
         with self._lock:
@@ -535,8 +524,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                 )
             },
         )
-        # The parent run is created while Ray starts the workers (from Tune's first ask, so
-        # that the driver's way to it is not slowed); the workers wait for its tag.
+        # The parent run is created while Ray starts the workers; they wait for its tag.
+        tracker.start_in_background()
         ctx = tracker.pending_context()
 
     state = _LiveState(
@@ -545,7 +534,6 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         spec.search.max_failures,
         tracker.on_trial_complete if tracker else None,
         aborted=(lambda: tracker.start_failed) if tracker else None,
-        on_first_ask=tracker.start_in_background if tracker else None,
     )
     live = None
     try:
@@ -557,7 +545,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             seed_shift = len(study.trials)
             _, metrics, modes = objectives(spec.metric)
             searcher = _searcher_class()(
-                space=partial(_define_by_run, vspec=vspec, key=key),
+                space=partial(_define_by_run, vspec=vspec),
                 metric=metrics,
                 mode=modes,
                 sampler=make_sampler(vspec, seed_offset=seed_shift),
@@ -609,7 +597,6 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     finally:
         _stop_views(live, state)
     if tracker is not None:
-        tracker.start_in_background()  # no-op if Tune asked for a trial
         ctx = tracker.context  # raises what starting the tracker raised
     study_states = count_states(study)
     trials = _trial_rows(study, spec.metric)

@@ -218,6 +218,16 @@ class StudySpec(_Strict):
                 "description": True,
             },
         )
+        # Settings added later hash as before at their defaults, so older studies resume.
+        o, t = d["objectives"], d["train"]
+        if o.pop("metric") in (None, "val_accuracy"):
+            o["accuracy"] = "val_accuracy"
+        else:
+            o["metric"] = self.objectives.metric
+        if o["max_val_loss"] is None:
+            del o["max_val_loss"]
+        if t["loss"] == "auto":
+            del t["loss"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -175,3 +175,12 @@ def test_regression_study_defaults_to_val_loss_and_rejects_accuracy_floors():
         ConfigError, match=r"train\.loss: .*\['auto', 'mse', 'l1'\].*'cross_entropy'"
     ):
         parse_spec(_with("train.loss", "cross_entropy", toy))
+
+
+def test_fingerprint_ignores_later_settings_at_their_defaults():
+    """Studies begun before objectives.metric / max_val_loss / train.loss existed resume: those
+    settings at their defaults hash as if absent."""
+    fp = parse_spec(BASE).spec.fingerprint()
+    assert parse_spec(_with("train.loss", "auto")).spec.fingerprint() == fp
+    assert parse_spec(_with("objectives.metric", "val_accuracy")).spec.fingerprint() == fp
+    assert parse_spec(_with("train.loss", "cross_entropy")).spec.fingerprint() != fp

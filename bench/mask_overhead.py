@@ -23,7 +23,7 @@ import torch
 from _common import emit
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, TrainConfig, make_method, prunable_layers
+from prunetune.prune import PruneContext, TrainConfig, make_method
 from prunetune.prune._train import _optimizer
 
 
@@ -34,13 +34,12 @@ def make_step(method_cfg: dict, batch: int, seed: int = 0):
     x = torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
     method = make_method(method_cfg)
-    ctx = PruneContext(
-        layers=prunable_layers(model, spec["input_shape"]),
-        input_shape=(1, 28, 28),
+    ctx = PruneContext.for_model(
+        model,
+        spec["input_shape"],
         epochs=10,
         steps_per_epoch=430,
         sample_batch=lambda k: (x[:k], y[:k]),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
     method.attach(model, ctx)
     opt = _optimizer(model, method, TrainConfig())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunetune.prune._hparams import HParamTable, validate_config
-from prunetune.prune._topology import Layer
+from prunetune.prune._topology import Layer, prunable_layers
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,30 @@ class PruneContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: torch.nn.Module,
+        input_shape: Sequence[int],
+        *,
+        epochs: int = 1,
+        steps_per_epoch: int = 1,
+        sample_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> PruneContext:
+        """The context of ``model`` (its prunable layers found from ``input_shape``); the loss
+        defaults to cross entropy."""
+        return cls(
+            layers=prunable_layers(model, input_shape),
+            input_shape=tuple(input_shape),
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            sample_batch=sample_batch,
+            loss_fn=loss_fn or torch.nn.functional.cross_entropy,
+            seed=seed,
+        )
 
     @property
     def total_steps(self) -> int:

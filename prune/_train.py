@@ -13,7 +13,6 @@ from torch import nn
 
 from prunetune.datasets import batches, num_batches
 from prunetune.prune._base import PruneContext, PruningMethod
-from prunetune.prune._topology import prunable_layers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -153,9 +152,9 @@ def train(
         idx = torch.randperm(n_train, generator=gen, device=device)[:k]
         return data.x_train[idx], data.y_train[idx]
 
-    ctx = PruneContext(
-        layers=prunable_layers(model, data.input_shape),
-        input_shape=tuple(data.input_shape),
+    ctx = PruneContext.for_model(
+        model,
+        data.input_shape,
         epochs=cfg.epochs,
         steps_per_epoch=steps,
         sample_batch=sample_batch,

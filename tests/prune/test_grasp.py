@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, make_method, prunable_layers
+from prunetune.prune import PruneContext, make_method
 from prunetune.prune._scoring import masks_at_density
 from prunetune.prune.grasp import grasp_keep_scores
 
@@ -51,13 +51,12 @@ def test_grasp_scores_equal_weight_times_hessian_gradient_product():
 def test_grasp_removes_the_largest_minus_w_hg():
     model, x, y = _tiny()
     expected = _explicit(model, x, y)
-    ctx = PruneContext(
-        layers=prunable_layers(model, (4,)),
-        input_shape=(4,),
+    ctx = PruneContext.for_model(
+        model,
+        (4,),
         epochs=1,
         steps_per_epoch=1,
         sample_batch=lambda k: (x, y),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
     method = make_method({"name": "grasp", "density": 0.5, "temperature": T})
     method.attach(model, ctx)

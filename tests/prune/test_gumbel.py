@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, _fused, make_method, prunable_layers
+from prunetune.prune import PruneContext, _fused, make_method
 from prunetune.prune._topology import raw_weight
 from prunetune.prune.gumbel import GumbelGate, _HardConcrete, _MaskedWeight, temperature
 
@@ -52,13 +52,12 @@ def _ctx(model, input_shape, epochs=2, steps=10):
     def sample_batch(k):
         return torch.randn(k, *input_shape), torch.zeros(k, dtype=torch.long)
 
-    return PruneContext(
-        layers=prunable_layers(model, input_shape),
-        input_shape=tuple(input_shape),
+    return PruneContext.for_model(
+        model,
+        input_shape,
         epochs=epochs,
         steps_per_epoch=steps,
         sample_batch=sample_batch,
-        loss_fn=torch.nn.functional.cross_entropy,
     )
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.func import grad, vmap
 
 from prunetune.models import build_model, cnn_spec, mlp_spec
-from prunetune.prune import PruneContext, make_method, prunable_layers
+from prunetune.prune import PruneContext, make_method
 from prunetune.prune.kfac import (
     factors,
     layer_inputs,
@@ -21,13 +21,12 @@ def _setup(cfg=None, batch=None):
     torch.manual_seed(0)
     model = build_model(mlp_spec((3,), [4], 2))
     x, y = batch if batch is not None else (torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1]))
-    ctx = PruneContext(
-        layers=prunable_layers(model, (3,)),
-        input_shape=(3,),
+    ctx = PruneContext.for_model(
+        model,
+        (3,),
         epochs=1,
         steps_per_epoch=100,
         sample_batch=lambda k: (x, y),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
     method = make_method({"name": "kfac", "prune_start": 0.5, **(cfg or {})})
     method.attach(model, ctx)
@@ -123,13 +122,12 @@ def test_flatness_penalty_is_differentiable_and_reported():
     torch.manual_seed(0)
     model = build_model(mlp_spec((3,), [6, 5], 2))
     x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
-    ctx = PruneContext(
-        layers=prunable_layers(model, (3,)),
-        input_shape=(3,),
+    ctx = PruneContext.for_model(
+        model,
+        (3,),
         epochs=1,
         steps_per_epoch=100,
         sample_batch=lambda k: (x, y),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
     method = make_method({"name": "kfac", "flat": 0.1, "prune_start": 0.9, "prune_end": 0.9})
     method.attach(model, ctx)

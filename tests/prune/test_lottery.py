@@ -8,18 +8,17 @@ import pytest
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, make_method, prunable_layers
+from prunetune.prune import PruneContext, make_method
 from prunetune.prune._scoring import dense_params, live_params
 
 
 def _ctx(model, input_shape, epochs=2, steps=10):
-    return PruneContext(
-        layers=prunable_layers(model, input_shape),
-        input_shape=tuple(input_shape),
+    return PruneContext.for_model(
+        model,
+        input_shape,
         epochs=epochs,
         steps_per_epoch=steps,
         sample_batch=lambda k: (torch.randn(k, *input_shape), torch.zeros(k, dtype=torch.long)),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
 
 

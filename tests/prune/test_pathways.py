@@ -246,13 +246,12 @@ def test_graph_reads_attached_gumbel_gates_in_eval_mode():
     method = make_method({"name": "gumbel"})
     method.attach(
         model,
-        PruneContext(
-            layers=prunable_layers(model, (4,)),
-            input_shape=(4,),
+        PruneContext.for_model(
+            model,
+            (4,),
             epochs=1,
             steps_per_epoch=1,
             sample_batch=lambda k: (torch.zeros(k, 4), torch.zeros(k, dtype=torch.long)),
-            loss_fn=nn.functional.cross_entropy,
         ),
     )
     with torch.no_grad():

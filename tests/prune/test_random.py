@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, export_compact, make_method, prunable_layers
+from prunetune.prune import PruneContext, export_compact, make_method
 
 SPEC = mlp_spec((1, 16, 16), [200, 100], 10)
 
@@ -13,13 +13,12 @@ SPEC = mlp_spec((1, 16, 16), [200, 100], 10)
 def _masks(seed, density=0.1):
     torch.manual_seed(0)  # same weights; only the method's seed varies
     model = build_model(SPEC)
-    ctx = PruneContext(
-        layers=prunable_layers(model, (1, 16, 16)),
-        input_shape=(1, 16, 16),
+    ctx = PruneContext.for_model(
+        model,
+        (1, 16, 16),
         epochs=1,
         steps_per_epoch=1,
         sample_batch=lambda k: (torch.randn(k, 1, 16, 16), torch.zeros(k, dtype=torch.long)),
-        loss_fn=torch.nn.functional.cross_entropy,
         seed=seed,
     )
     method = make_method({"name": "random", "density": density})

@@ -6,7 +6,7 @@ import torch
 from torch.func import grad
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, make_method, prunable_layers
+from prunetune.prune import PruneContext, make_method
 from prunetune.prune._scoring import masks_at_density
 from prunetune.prune.snip import snip_scores
 
@@ -43,13 +43,12 @@ def test_snip_masks_keep_the_top_sensitivities_and_do_not_train_at_attach():
     model, x, y = _tiny()
     expected = _independent(model, x, y)
     w0 = [p.detach().clone() for p in model.parameters()]
-    ctx = PruneContext(
-        layers=prunable_layers(model, (5,)),
-        input_shape=(5,),
+    ctx = PruneContext.for_model(
+        model,
+        (5,),
         epochs=1,
         steps_per_epoch=1,
         sample_batch=lambda k: (x, y),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
     method = make_method({"name": "snip", "density": 0.4})
     method.attach(model, ctx)

@@ -13,13 +13,12 @@ from prunetune.prune.synflow import synflow_scores
 
 
 def _ctx(model, input_shape):
-    return PruneContext(
-        layers=prunable_layers(model, input_shape),
-        input_shape=tuple(input_shape),
+    return PruneContext.for_model(
+        model,
+        input_shape,
         epochs=1,
         steps_per_epoch=1,
         sample_batch=lambda k: pytest.fail("SynFlow must not use data"),
-        loss_fn=torch.nn.functional.cross_entropy,
     )
 
 

@@ -76,18 +76,7 @@ def _load_digits(info: DatasetInfo, data_dir: Path | None, split_seed: int) -> S
     train, val = train_test_split(rest, test_size=0.1, random_state=split_seed, stratify=y[rest])
     # Sorting makes each split depend only on which samples it holds, and keeps file order.
     parts = {k: np.sort(v) for k, v in (("train", train), ("val", val), ("test", test))}
-    tensors = {}
-    for split, ids in parts.items():
-        tensors[f"x_{split}"] = torch.from_numpy(x[ids])
-        tensors[f"y_{split}"] = torch.from_numpy(y[ids])
-    return Splits(
-        name=info.name,
-        task=info.task,
-        input_shape=info.input_shape,
-        num_outputs=info.num_outputs,
-        classes=info.classes,
-        **tensors,
-    )
+    return Splits.select(info, x, y, parts)
 
 
 # --- MNIST-style IDX datasets -----------------------------------------------------------------

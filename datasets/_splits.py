@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 
 __all__ = ["TASKS", "Splits", "Task"]
@@ -158,6 +160,23 @@ class Splits:
     def device(self) -> torch.device:
         """The device every tensor lives on."""
         return self.x_train.device
+
+    @classmethod
+    def select(cls, info: Any, x: np.ndarray, y: np.ndarray, parts: Mapping[str, Any]) -> Splits:
+        """Splits of whole arrays ``x``, ``y``: ``parts`` maps train/val/test to an index
+        (slice or index array); ``info`` gives the name, task, shape, outputs and classes."""
+        tensors = {}
+        for split, ids in parts.items():
+            tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[ids]))
+            tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(y[ids]))
+        return cls(
+            name=info.name,
+            task=info.task,
+            input_shape=info.input_shape,
+            num_outputs=info.num_outputs,
+            classes=info.classes,
+            **tensors,
+        )
 
     def to(self, device: str | torch.device) -> Splits:
         """Returns a ``Splits`` with every tensor on ``device``; tensors already there are shared."""

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from prunetune.datasets._splits import Splits
 
@@ -50,15 +49,4 @@ def load_pathways_toy(info: DatasetInfo, data_dir: Path | None, split_seed: int)
     y = pathways_toy_targets(x.astype(np.float64)).astype(np.float32)  # (2000, 2)
     a, b = sizes["train"], sizes["train"] + sizes["val"]
     parts = {"train": slice(0, a), "val": slice(a, b), "test": slice(b, n)}
-    tensors = {}
-    for split, sl in parts.items():
-        tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[sl]))
-        tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(y[sl]))
-    return Splits(
-        name=info.name,
-        task=info.task,
-        input_shape=info.input_shape,
-        num_outputs=info.num_outputs,
-        classes=info.classes,
-        **tensors,
-    )
+    return Splits.select(info, x, y, parts)

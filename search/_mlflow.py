@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prunetune.search._errors import ConfigError
+from prunetune.search._objective import metric_of, to_score
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -400,8 +401,6 @@ class TrialRecord:
     @property
     def metric(self) -> str:
         """The first objective this trial logged: ``val_accuracy`` or ``val_loss``."""
-        from prunetune.search._objective import metric_of
-
         return metric_of(self.metrics)
 
     @property
@@ -428,8 +427,6 @@ class TrialRecord:
     def point(self) -> tuple[float, float] | None:
         """``(score, params)`` of a finished trial, else ``None`` (excluded); the score is
         ``val_accuracy``, or ``-val_loss`` for a regression trial (see ``_objective``)."""
-        from prunetune.search._objective import to_score
-
         if not self.finished:
             return None
         p = (to_score(self.metric, self.val_value), self.params_kept)

@@ -751,9 +751,56 @@ def log_files(
     return [f"{artifact_path}/{p.name}" for p in paths]
 
 
+# The tutorial task of Zhang, Tao & Zhang (2023): settings that make Gumbel-pruned 4-10-10-2
+# SiLU networks on pathways-toy split into {x1, x2} -> y1 and {x3, x4} -> y2 (issue 6; the
+# slow test and bench/pathways_seeds.py both use them).
+TOY_RECIPE: dict[str, Any] = {
+    "dataset": "pathways-toy",
+    "model": {"family": "mlp", "widths": [10, 10], "activation": "silu"},
+    "method": {
+        "name": "gumbel",
+        "granularity": "weight",
+        "lam": 1.5,
+        "logit_lr": 0.05,
+        "warmup_epochs": 100,
+        "init_keep_prob": 0.99,
+        "schedule": "exponential",
+        "tau_start": 1.0,
+        "tau_end": 0.1,
+    },
+    "train": {"epochs": 800, "batch_size": 64, "lr": 0.01, "optimizer": "adam"},
+    "threads": 1,
+    "device": "cpu",
+}
+TOY_SYMMETRY_TOL = 0.1
+
+
+def toy_pathways(seed: int) -> dict[str, Any]:
+    """Train :data:`TOY_RECIPE` with ``seed`` and report its components and symmetry;
+    ``separated`` is True for exactly {x1, x2} -> y1, {x3, x4} -> y2, x1 ~ -x2, x3 ~ x4."""
+    from prunetune.prune.pathways import explain as explain_model
+    from prunetune.search.trial import run_trial
+
+    cfg = {**TOY_RECIPE, "train": {**TOY_RECIPE["train"], "seed": seed}}
+    res = run_trial(cfg)
+    ex = res.export
+    e = explain_model(ex.model, (4,), kept_units=ex.kept_units, tol=TOY_SYMMETRY_TOL)
+    comps = [(c.inputs, c.outputs) for c in e.components]
+    sym = (e.symmetry.relation(0, 1), e.symmetry.relation(2, 3))
+    return {
+        "seed": seed,
+        "separated": comps == [((0, 1), (0,)), ((2, 3), (1,))] and sym == ("opposite", "equal"),
+        "components": comps,
+        "symmetry": sym,
+        "val_loss": res.metrics["val_loss"],
+        "params": res.metrics["params"],
+    }
+
+
 __all__ = [
     "MAX_EDGES",
     "TOP_K",
+    "TOY_RECIPE",
     "Names",
     "components_dict",
     "feature_std",
@@ -767,5 +814,6 @@ __all__ = [
     "pathway_figure",
     "symmetry_markdown",
     "symmetry_rows",
+    "toy_pathways",
     "write_explanations",
 ]

@@ -18,6 +18,7 @@ from prunetune.search.cli import app
 from prunetune.search.explain import (
     log_explanations,
     names_for,
+    toy_pathways,
     write_explanations,
 )
 from prunetune.search.trial import run_trial
@@ -29,19 +30,6 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # learned before pruning bites; 800 epochs leave time for the last cross-connections to go.
 # Measured (seeds 0–4, this machine): 5/5 two components, x₁/x₂ opposite within 0.017,
 # x₃/x₄ equal within 0.05 (relative distance); val MSE 0.010–0.042, 28–39 parameters of 182.
-TOY_METHOD = {
-    "name": "gumbel",
-    "granularity": "weight",
-    "lam": 1.5,
-    "logit_lr": 0.05,
-    "warmup_epochs": 100,
-    "init_keep_prob": 0.99,
-    "schedule": "exponential",
-    "tau_start": 1.0,
-    "tau_end": 0.1,
-}
-TOY_TRAIN = {"epochs": 800, "batch_size": 64, "lr": 0.01, "optimizer": "adam"}
-TOY_SYMMETRY_TOL = 0.1
 
 
 def _toy_export():
@@ -226,21 +214,5 @@ def test_explain_cli_arguments(tmp_path):
 def test_gumbel_pruned_toy_networks_separate_into_two_pathways():
     """4-10-10-2 SiLU networks pruned by Gumbel masks show exactly {x1, x2} → y1 and
     {x3, x4} → y2, with x1 ≈ −x2 and x3 ≈ x4, in at least 4 of the seeds 0–4."""
-    outcomes = []
-    for seed in range(5):
-        cfg = {
-            "dataset": "pathways-toy",
-            "model": {"family": "mlp", "widths": [10, 10], "activation": "silu"},
-            "method": TOY_METHOD,
-            "train": {**TOY_TRAIN, "seed": seed},
-            "threads": 1,
-            "device": "cpu",
-        }
-        res = run_trial(cfg)
-        ex = res.export
-        e = explain(ex.model, (4,), kept_units=ex.kept_units, tol=TOY_SYMMETRY_TOL)
-        comps = [(c.inputs, c.outputs) for c in e.components]
-        sym = (e.symmetry.relation(0, 1), e.symmetry.relation(2, 3))
-        ok = comps == [((0, 1), (0,)), ((2, 3), (1,))] and sym == ("opposite", "equal")
-        outcomes.append((seed, ok, comps, sym, res.metrics["val_loss"], res.metrics["params"]))
-    assert sum(o[1] for o in outcomes) >= 4, outcomes
+    outcomes = [toy_pathways(seed) for seed in range(5)]
+    assert sum(o["separated"] for o in outcomes) >= 4, outcomes

@@ -119,6 +119,63 @@ def test_digits_split_is_stratified(seed: int) -> None:
         assert abs(counts["val"][c] - 0.1 * 0.8 * total) <= 1, (c, counts["val"][c])
 
 
+def _digits_cache_files(root: Path) -> list[Path]:
+    return sorted((root / "digits").glob("*.npz"))
+
+
+def test_digits_cache_hit_equals_the_sklearn_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path))
+    cold = load_dataset("digits", split_seed=5)  # computed with scikit-learn, then cached
+    (path,) = _digits_cache_files(tmp_path)
+    assert "sklearn" in path.name and path.name.endswith("-split5.npz")
+    _assert_splits_equal(load_dataset("digits", split_seed=5), cold)
+    assert _digits_cache_files(tmp_path) == [path]
+    load_dataset("digits", split_seed=6)  # another seed, another file
+    assert len(_digits_cache_files(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "overlapping-splits"])
+def test_a_damaged_digits_cache_is_recomputed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, damage: str
+) -> None:
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path))
+    good = load_dataset("digits")
+    (path,) = _digits_cache_files(tmp_path)
+    if damage == "garbage":
+        path.write_bytes(b"not an npz file")
+    else:
+        with np.load(path) as f:
+            arrays = dict(f)
+        arrays["val"] = arrays["test"]  # no longer a partition of the samples
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    _assert_splits_equal(load_dataset("digits"), good)
+    with np.load(path) as f:  # and the file was rewritten
+        assert not set(f["val"].tolist()) & set(f["test"].tolist())
+
+
+def test_a_cached_digits_load_does_not_import_sklearn(tmp_path: Path) -> None:
+    """Every Ray worker of a study loads digits; the cache spares each the sklearn import."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from prunetune.datasets import load_dataset; "
+        "load_dataset('digits'); print('sklearn' in sys.modules)"
+    )
+    env = {**os.environ, "PRUNETUNE_CACHE": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert runs == ["True", "False"]  # cold: computed with sklearn; warm: from the cache
+
+
 # --- MNIST-style IDX datasets (tiny fakes) ------------------------------------------------------
 
 

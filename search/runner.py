@@ -328,6 +328,7 @@ class _LiveState:
         self.aborted = aborted or (lambda: False)
         self.t0 = time.time()
         self.running: dict[str, float] = {}
+        self.peak_running = 0
         self.done: list[dict[str, Any]] = []
         self.failed = 0
         self.failures: list[str] = []
@@ -346,11 +347,12 @@ class _LiveState:
     # While trials run, the front's table, tags and hypervolume are republished at most every
     # FRONT_MIN_SECONDS and its figures at most every FIGURES_MIN_SECONDS, and either never more
     # than a quarter of the time: the trials need the cores more than the MLflow UI needs a
-    # fresh plot. Once every trial has started, freed cores would idle, so the figures and the
-    # front runs' explanations are made then. The study's end publishes the rest
+    # fresh plot (a redraw costs ~1.5 s of CPU). Once every trial has started and one of them
+    # has finished, a freed slot would idle until the study ends, so the figures and the front
+    # runs' explanations are made then. The study's end publishes the rest
     # (StudyTracker.finish).
     FRONT_MIN_SECONDS = 5.0
-    FIGURES_MIN_SECONDS = 30.0
+    FIGURES_MIN_SECONDS = 60.0
     SETTLE_SECONDS = 1.0
 
     def _pareto_loop(self) -> None:
@@ -367,7 +369,7 @@ class _LiveState:
                 continue
             self._dirty.clear()
             t = time.monotonic()
-            tail = self._all_started()  # a core is free for good: spend it on the figures
+            tail = self._slot_free_for_good()  # spend the idle slot on the figures
             figures = tail or t >= figures_at
             try:
                 self._on_complete(figures=figures, explain=tail)  # type: ignore[misc]
@@ -378,9 +380,15 @@ class _LiveState:
             if figures:
                 figures_at = now + max(self.FIGURES_MIN_SECONDS, 3 * (now - t))
 
-    def _all_started(self) -> bool:
+    def _slot_free_for_good(self) -> bool:
+        """Every trial has started and fewer run than at the busiest moment: a slot idles.
+
+        Counting against the peak rather than ``max_concurrent`` follows what the cluster
+        actually ran at once (fewer slots than ``max_concurrent``, or fewer trials left).
+        """
         with self._lock:
-            return len(self.done) + self.already + len(self.running) >= self.total
+            started = len(self.done) + self.already + self.failed + len(self.running)
+            return started >= self.total and len(self.running) < self.peak_running
 
     def close(self) -> None:
         self._stop.set()
@@ -390,6 +398,7 @@ class _LiveState:
     def started(self, tid: str) -> None:
         with self._lock:
             self.running[tid] = time.time()
+            self.peak_running = max(self.peak_running, len(self.running))
 
     def completed(self, tid: str, result: dict[str, Any]) -> None:
         now = time.time()
@@ -452,13 +461,17 @@ def _ray_init(address: str | None) -> bool:
     """Start (or join) Ray; returns True if this call started it."""
     import ray
 
+    # Driver-side Tune settings, read when the Tuner runs: they hold whoever started Ray
+    # (a notebook, a benchmark, a test). Tune's own CSV/JSON/TensorBoard loggers and its
+    # console output would spend the driver's CPU, which the trials share, on files and
+    # tables nobody reads: prunetune shows its own progress and logs to MLflow.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return False
     # Workers read data locations from the driver's environment, not from their own.
     env = {k: os.environ[k] for k in ("PRUNETUNE_DATA", "PRUNETUNE_CACHE") if k in os.environ}
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # prunetune shows its own progress
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(
         address=address,
         include_dashboard=False,

@@ -69,9 +69,10 @@ class DownloadError(OSError):
 
 
 def default_cache_dir() -> Path:
-    """Root of prunetune's download cache: ``$PRUNETUNE_CACHE`` or ``~/.cache/prunetune``.
+    """Root of prunetune's cache: ``$PRUNETUNE_CACHE`` or ``~/.cache/prunetune``.
 
-    Datasets live in sub-directories named after them, e.g. ``<root>/mnist``.
+    Datasets live in sub-directories named after them (``<root>/mnist`` for downloads,
+    ``<root>/digits`` for the split cache); the compiled mask kernel in ``<root>/kernels``.
     """
     env = os.environ.get("PRUNETUNE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "prunetune"

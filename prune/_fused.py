@@ -16,7 +16,7 @@ torch's global CPU generator. So ``torch.manual_seed`` fixes the noise, each ste
 fresh, ``u`` ∈ (0, 1) and ``1 − u`` are exact floats and ``logit(u)`` needs no clamping.
 
 The CPU kernel is C, compiled once per machine by the system compiler (~1 s; cached under
-``$PRUNETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/prunetune`` or ``~/.cache/prunetune``) and
+``kernels/`` in prunetune's cache, ``$PRUNETUNE_CACHE`` or ``~/.cache/prunetune``) and
 called through :mod:`ctypes` — no torch headers, hence no extension build; a new build is
 checked against the ATen formulas before use. Everything else (CUDA, float64, no compiler, a
 failed build or check, ``PRUNETUNE_COMPILE=0``, ``ENABLED = False``) takes the ATen path
@@ -45,6 +45,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from prunetune.datasets import default_cache_dir
 
 __all__ = ["ENABLED", "draw_key", "mask_backward", "mask_forward", "native_available", "uniform"]
 
@@ -226,11 +228,7 @@ _lock = threading.Lock()
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("PRUNETUNE_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "prunetune"
+    return default_cache_dir() / "kernels"  # the one cache root for all of prunetune
 
 
 def _cpu_fingerprint() -> str:

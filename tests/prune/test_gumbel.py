@@ -196,7 +196,7 @@ def test_kernel_results_do_not_depend_on_thread_count():
 
 def test_kernel_build_failure_falls_back_to_aten(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(_fused, "ENABLED", True)
     monkeypatch.setattr(_fused, "_lib", None)
     monkeypatch.setattr(_fused, "_tried", False)

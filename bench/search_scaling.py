@@ -12,6 +12,9 @@ Figures:
   on a cluster); ``speedup_cold`` adds starting the local Ray to the median round's (b).
 * ``overhead_s`` = median over trials of (driver-observed trial time − the trial's own training
   time): Tune scheduling, actor reuse, data loading, export, MLflow logging.
+* Where (b)'s time goes, per round: ``first_trial_s`` (study start → the first trial function
+  runs: study and store set-up, Tune, the worker processes' start), ``trials_s`` (→ the last
+  trial function returns) and ``after_s`` (→ ``run_study`` returns: the front's last update).
 Acceptance (issue 3): speedup ≥ 1.6 on 2 cores, overhead ≤ 1.5 s.
 
     .venv/bin/python bench/search_scaling.py
@@ -81,9 +84,12 @@ def main() -> None:
 
     def runner_round() -> tuple[float, list[dict], Any]:
         work = Path(tempfile.mkdtemp(prefix="prunetune-scaling-"))
-        t1 = time.perf_counter()
+        t1, epoch1 = time.perf_counter(), time.time()
         out = run_study(parse_spec(spec), RunOptions(workdir=work, progress=False))
         wall = time.perf_counter() - t1
+        first = min(r["worker_start"] for r in out.results) - epoch1
+        last = max(r["worker_end"] for r in out.results) - epoch1
+        phases = {"first_trial_s": first, "trials_s": last - first, "after_s": wall - last}
         assert out.completed == 8, out
         # Exactly the configs the runner ran, as the workers saw them (minus device/threads).
         import optuna
@@ -96,7 +102,7 @@ def main() -> None:
             for t in study.get_trials(deepcopy=False)
             if t.state.name == "COMPLETE"
         ]
-        return wall, configs, out
+        return wall, configs, out, phases
 
     def sequential(configs: list[dict], threads: int | None) -> tuple[float, list[dict]]:
         t = time.perf_counter()
@@ -105,7 +111,7 @@ def main() -> None:
 
     rounds, overheads, seq = [], [], []
     for r in range(args.rounds):
-        t_runner, configs, out = runner_round()
+        t_runner, configs, out, phases = runner_round()
         # (a): the same trials with the same per-trial resources as the runner gives them
         t_seq, seq = sequential(configs, 1)
         overheads += [tm["driver_seconds"] - tm["train_seconds"] for tm in out.trial_timings]
@@ -115,6 +121,7 @@ def main() -> None:
                 "sequential_s": t_seq,
                 "runner_s": t_runner,
                 "speedup": t_seq / t_runner,
+                **phases,
             }
         )
         print(
@@ -128,7 +135,7 @@ def main() -> None:
     mid = sorted(rounds, key=lambda x: x["speedup"])[(len(rounds) - 1) // 2]
     print_table(
         rounds,
-        ["round", "sequential_s", "runner_s", "speedup"],
+        ["round", "sequential_s", "runner_s", "speedup", "first_trial_s", "trials_s", "after_s"],
         "search scaling — 8 digits trials, (a) 1 thread/trial vs (b) runner, 2 concurrent",
     )
     print(
@@ -150,6 +157,7 @@ def main() -> None:
             "sequential_s": [round(x["sequential_s"], 2) for x in rounds],
             "runner_s": [round(x["runner_s"], 2) for x in rounds],
             "ray_start_s": round(t_ray, 2),
+            **{k: [round(x[k], 2) for x in rounds] for k in ("first_trial_s", "after_s")},
             "tracking": not args.no_tracking,
             **({"sequential_default_threads_s": round(t_seq_all, 2)} if t_seq_all else {}),
         }

@@ -281,12 +281,8 @@ def _idx_loader(
         def to_x(u8: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(lut[u8].reshape(len(u8), c, h, w))  # (n, 1, 28, 28)
 
-        return Splits(
-            name=info.name,
-            task=info.task,
-            input_shape=info.input_shape,
-            num_outputs=info.num_outputs,
-            classes=info.classes,
+        return Splits.of(
+            info,
             x_train=to_x(train_u8),
             y_train=torch.from_numpy(y_train_all[train_idx]),
             x_val=to_x(x_train_u8[val_idx]),

@@ -162,21 +162,27 @@ class Splits:
         return self.x_train.device
 
     @classmethod
-    def select(cls, info: Any, x: np.ndarray, y: np.ndarray, parts: Mapping[str, Any]) -> Splits:
-        """Splits of whole arrays ``x``, ``y``: ``parts`` maps train/val/test to an index
-        (slice or index array); ``info`` gives the name, task, shape, outputs and classes."""
-        tensors = {}
-        for split, ids in parts.items():
-            tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[ids]))
-            tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(y[ids]))
+    def of(cls, info: Any, **fields: Any) -> Splits:
+        """Splits of the dataset ``info`` describes (its name, task, shape, outputs and
+        classes); ``fields`` are the rest: the six tensors, and ``mean``/``std`` if set."""
         return cls(
             name=info.name,
             task=info.task,
             input_shape=info.input_shape,
             num_outputs=info.num_outputs,
             classes=info.classes,
-            **tensors,
+            **fields,
         )
+
+    @classmethod
+    def select(cls, info: Any, x: np.ndarray, y: np.ndarray, parts: Mapping[str, Any]) -> Splits:
+        """Splits of whole arrays ``x``, ``y``: ``parts`` maps train/val/test to an index
+        (slice or index array); ``info`` as for :meth:`of`."""
+        tensors = {}
+        for split, ids in parts.items():
+            tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[ids]))
+            tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(y[ids]))
+        return cls.of(info, **tensors)
 
     def to(self, device: str | torch.device) -> Splits:
         """Returns a ``Splits`` with every tensor on ``device``; tensors already there are shared."""

@@ -102,14 +102,17 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_spec, tmp_path):
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         tiny_spec["search"]["max_concurrent"] = 2
-        tiny_spec["search"]["n_trials"] = 6
-        tiny_spec["train"]["epochs"] = 3
+        tiny_spec["search"]["n_trials"] = 4
+        # Trials of ~15 s, far longer than the gap between the two nodes' first actors starting.
+        # With 0.1 s trials, Tune (reuse_actors) hands a pending trial to the first actor that
+        # finishes and cancels the one still starting, so every trial can land on one node.
+        tiny_spec["train"]["epochs"] = 400
         out = run_study(
             parse_spec(tiny_spec),
             RunOptions(workdir=Path(tmp_path), ray_address=cluster.address, progress=False),
         )
         nodes = {r["node_id"] for r in out.results}
-        assert out.completed == 6
+        assert out.completed == 4
         assert len(nodes) == 2, nodes
         assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:

@@ -142,21 +142,23 @@ def main() -> None:
     print(f"dense  median step {1e3 * md:.3f} ms", file=sys.stderr)
     print(f"gumbel median step {1e3 * mg:.3f} ms", file=sys.stderr)
     print(f"gumbel with no-op mask kernels {1e3 * mf:.3f} ms", file=sys.stderr)
-    rows = [{"batch": args.batch, "dense_ms": 1e3 * md, "gumbel_ms": 1e3 * mg, "ratio": mg / md}]
+
+    def row(batch: int, m: dict[str, float]) -> dict[str, float]:
+        return {
+            "batch": batch,
+            "dense_ms": 1e3 * m["dense"],
+            "gumbel_ms": 1e3 * m["gumbel"],
+            "ratio": m["gumbel"] / m["dense"],
+        }
+
+    rows = [row(args.batch, m)]
     for b in [int(x) for x in args.sweep.split(",") if x.strip()]:
         mb = median_ratio(
             {"dense": make_step(DENSE, b), "gumbel": make_step(GUMBEL, b)},
             max(5, args.steps * args.batch // (4 * b)),
             args.rounds // 2 or 1,
         )
-        rows.append(
-            {
-                "batch": b,
-                "dense_ms": 1e3 * mb["dense"],
-                "gumbel_ms": 1e3 * mb["gumbel"],
-                "ratio": mb["gumbel"] / mb["dense"],
-            }
-        )
+        rows.append(row(b, mb))
     print_table(
         rows,
         ["batch", "dense_ms", "gumbel_ms", "ratio"],

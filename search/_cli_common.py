@@ -1,8 +1,12 @@
-"""Private: what the MLflow-facing CLI modules share (``cli_tracking``, ``cli_explain``).
+"""Private: what every CLI command module shares — the error console, ``_fail``, exit codes
+and the ``--tracking-uri`` option.
 
-It must not import :mod:`prunetune.search.cli` at module level: ``cli`` imports the command
-modules at its end, and a command module imported first (``import cli_tracking``) must find
-these names defined before that cycle comes back to it.
+The command modules (:mod:`~prunetune.search.cli_tracking`, :mod:`~prunetune.search.cli_explain`)
+import from here and each owns a ``typer.Typer`` sub-app; :mod:`prunetune.search.cli` mounts
+them on the root app. Nothing imports :mod:`prunetune.search.cli` back, so there is no cycle.
+
+Only the standard library, typer, rich and light project modules are imported at module level:
+``prunetune --help`` builds every command and must not pay for torch, MLflow or Ray.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from prunetune.search._errors import ConfigError
+
+console = Console(stderr=True)
+EXIT_CONFIG = 2
 
 TrackingUri = Annotated[
     str | None,
@@ -24,10 +32,15 @@ TrackingUri = Annotated[
 ]
 
 
+def _fail(msg: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    """Print ``error: msg`` to stderr; return the ``typer.Exit`` for the caller to raise."""
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def _uri(uri: str | None) -> str:
     """The absolute tracking URI of an existing store, or a readable CLI error."""
     from prunetune.search._mlflow import existing_client, resolve_tracking_uri
-    from prunetune.search.cli import _fail
 
     try:
         resolved = resolve_tracking_uri(uri, Path.cwd())

@@ -1,7 +1,10 @@
-"""Private: a study's Pareto front from its MLflow trial records, and the files that show it.
+"""Private: a study's Pareto front from its Optuna record, and the files that show it.
 
-:func:`study_front` is the one computation behind the parent run's ``pareto_front.*``
-artifacts and ``hypervolume`` metric, ``prunetune pareto`` and ``prunetune register``.
+:func:`front_of_study` is the one computation behind the parent run's ``pareto_front.*``
+artifacts and ``hypervolume`` metric, the live view, ``prunetune pareto`` and ``prunetune
+register``. Hypervolume is measured on (metric, log10 params) — the scale fronts are read on,
+where 1,000 → 100 parameters counts as much as 100,000 → 10,000 — against the reference the
+study fixed when it started.
 """
 
 from __future__ import annotations
@@ -12,13 +15,108 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunetune.search import pareto
-from prunetune.search._mlflow import TrialRecord
-from prunetune.search._objective import MAXIMIZE, from_score, metric_of, settings
+from prunetune.search._objective import MAXIMIZE, from_score, metric_of, settings, to_score
+
+# Parameters worth showing beside a trial (the rest is one click away in the run).
+_KEY_PARAMS = (
+    "model.family",
+    "model.widths",
+    "model.channels",
+    "model.activation",
+    "train.epochs",
+    "train.lr",
+    "train.batch_size",
+    "train.optimizer",
+    "train.weight_decay",
+)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as MLflow recorded it (plain Python scalars)."""
+
+    run_id: str
+    trial: int
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    start_time: int = 0
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.metrics.get("val_accuracy", math.nan))
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.metrics.get("test_accuracy", math.nan))
+
+    @property
+    def metric(self) -> str:
+        """The first objective this trial logged: ``val_accuracy`` or ``val_loss``."""
+        return metric_of(self.metrics)
+
+    @property
+    def val_value(self) -> float:
+        return float(self.metrics.get(self.metric, math.nan))
+
+    @property
+    def test_value(self) -> float:
+        return float(self.metrics.get("test_" + self.metric[4:], math.nan))
+
+    @property
+    def params_kept(self) -> float:
+        return float(self.metrics.get("params", math.nan))
+
+    @property
+    def method(self) -> str:
+        return self.params.get("method.name", self.tags.get("method", ""))
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
+
+    @property
+    def point(self) -> tuple[float, float] | None:
+        """``(score, params)`` of a finished trial, else ``None`` (excluded); the score is
+        ``val_accuracy``, or ``-val_loss`` for a regression trial (see ``_objective``)."""
+        if not self.finished:
+            return None
+        p = (to_score(self.metric, self.val_value), self.params_kept)
+        return p if all(math.isfinite(v) for v in p) else None
+
+    def hparams(self) -> dict[str, Any]:
+        """The method's hyperparameters plus the key model/training ones, parsed from params."""
+        keys = [k for k in sorted(self.params) if k.startswith("method.")]
+        keys += [k for k in _KEY_PARAMS if k in self.params]
+        from prunetune.search._mlflow import parse_param
+
+        return {k: parse_param(self.params[k]) for k in keys}
+
+    def row(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "trial": self.trial,
+            "run_id": self.run_id,
+            "method": self.method,
+            "params": _int(m.get("params")),
+            "params_dense": _int(m.get("params_dense")),
+            "density": m.get("density"),
+            "val_accuracy": m.get("val_accuracy"),
+            "test_accuracy": m.get("test_accuracy"),
+            "val_loss": m.get("val_loss"),
+            "test_loss": m.get("test_loss"),
+            "hparams": self.hparams(),
+        }
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None or not math.isfinite(v) else round(v)
 
 
 @dataclass(frozen=True)
@@ -96,46 +194,92 @@ class StudyFront:
 def study_front(
     study: str,
     records: Sequence[TrialRecord],
-    reference: Sequence[float] | None = None,
+    reference: Sequence[float],
     min_val_accuracy: float | None = None,
 ) -> StudyFront:
-    """Rank ``records`` on (val accuracy ↑, params ↓).
+    """Rank ``records`` on (score ↑, params ↓).
 
     Args:
-        reference: hypervolume reference ``(val_accuracy, params)``; default
-            ``(0, largest params_dense among the trials)``.
-        min_val_accuracy: floor for the ``smallest`` selection.
+        reference: hypervolume reference ``(score, params)``; points must beat it in both.
+        min_val_accuracy: floor (score units) for the ``smallest`` selection.
     """
     recs = tuple(records)
     points = tuple(r.point for r in recs)
     metric = next((metric_of(r.metrics) for r, p in zip(recs, points, strict=True) if p), None)
     metric = metric or "val_accuracy"
-    ranks = tuple(pareto.non_dominated_ranks(points))
-    front = tuple(pareto.pareto_front(points))
-    if reference is None:
-        dense = [
-            r.metrics["params_dense"]
-            for r, p in zip(recs, points, strict=True)
-            if p is not None and math.isfinite(r.metrics.get("params_dense", math.nan))
-        ]
-        # accuracy: from 0; loss: from the worst loss seen (a loss has no natural bound)
-        worst = min((p[0] for p in points if p is not None), default=0.0)
-        first = 0.0 if MAXIMIZE[metric] else worst
-        ref = (first, float(max(dense))) if dense else (first, 0.0)
-    else:
-        ref = (float(reference[0]), float(reference[1]))
+    ref = (float(reference[0]), float(reference[1]))
     return StudyFront(
         study=study,
         records=recs,
         points=points,
-        ranks=ranks,
-        front=front,
+        ranks=tuple(pareto.non_dominated_ranks(points)),
+        front=tuple(pareto.pareto_front(points)),
         reference=ref,
-        hypervolume=float(pareto.hypervolume(points, ref)),
+        hypervolume=log_hypervolume(points, ref),
         knee=pareto.knee(points),
         smallest=pareto.smallest(points, min_val_accuracy),
         most_accurate=pareto.most_accurate(points),
         metric=metric,
+    )
+
+
+def log_hypervolume(points: Sequence[tuple[float, float] | None], ref: Sequence[float]) -> float:
+    """Hypervolume of ``(score, params)`` points on (score, log10 params) from ``ref``."""
+
+    def lg(p: float) -> float:
+        return math.log10(max(float(p), 1.0))
+
+    logged = [None if p is None else (p[0], lg(p[1])) for p in points]
+    return float(pareto.hypervolume(logged, (ref[0], lg(ref[1]))))
+
+
+_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}
+
+
+def records_of_study(study: Any, run_ids: dict[int, str] | None = None) -> list[TrialRecord]:
+    """Every trial of an Optuna study as a :class:`TrialRecord` (its MLflow run id if known)."""
+    from prunetune.search._mlflow import flatten, param_value
+    from prunetune.search._record import ATTR_CONFIG, ATTR_RESULT
+
+    names = study.metric_names or ["val_accuracy", "params"]
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        metrics = dict(t.user_attrs.get(ATTR_RESULT) or {})
+        metrics.update(zip(names, t.values or (), strict=False))
+        config = flatten(t.user_attrs.get(ATTR_CONFIG) or {})
+        out.append(
+            TrialRecord(
+                run_id=(run_ids or {}).get(t.number, ""),
+                trial=t.number,
+                status=_STATUS.get(t.state.name, t.state.name),
+                metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+                params={k: param_value(v) for k, v in config.items()},
+                start_time=int(t.datetime_start.timestamp() * 1000) if t.datetime_start else 0,
+            )
+        )
+    return out
+
+
+def front_of_study(
+    study: Any, run_ids: dict[int, str] | None = None, min_val_accuracy: float | None = None
+) -> StudyFront:
+    """The front of an Optuna study, now; the floor (score units) defaults to the spec's."""
+    from prunetune.search._record import ATTR_REFERENCE
+
+    metric = (study.metric_names or ["val_accuracy"])[0]
+    o = (study.user_attrs.get("spec") or {}).get("objectives") or {}
+    records = records_of_study(study, run_ids)
+    fixed = study.user_attrs.get(ATTR_REFERENCE)
+    if fixed is None:  # a study from before references were fixed: the worst seen, largest dense
+        vals = [r.metrics.get(metric, math.nan) for r in records if r.finished]
+        worst = 0.0 if MAXIMIZE[metric] else max(vals, default=0.0)
+        fixed = [worst, max((r.metrics.get("params_dense", 0.0) for r in records), default=0.0)]
+    ref, floor = settings(metric, fixed, o.get("min_val_accuracy"), o.get("max_val_loss"))
+    return study_front(
+        study.study_name,
+        records,
+        ref,  # type: ignore[arg-type]
+        min_val_accuracy if min_val_accuracy is not None else floor,
     )
 
 
@@ -280,42 +424,3 @@ def write_front_files(f: StudyFront, directory: Path, figures: bool = True) -> l
     front_png(f, out[2])
     out[3].write_text(front_html(f))
     return out
-
-
-def spec_objectives(
-    parent_params: dict[str, str],
-) -> tuple[tuple[float, float] | None, float | None]:
-    """``(reference, floor)`` in score units (see ``_objective``) from a parent run's logged
-    spec params: ``objectives.reference_point`` and ``min_val_accuracy`` / ``max_val_loss``."""
-    from prunetune.search._mlflow import parse_param
-
-    def num(key: str) -> float | None:
-        v = parse_param(parent_params.get(f"objectives.{key}"))
-        return float(v) if isinstance(v, int | float) else None
-
-    metric = parse_param(parent_params.get("objectives.metric"))
-    metric = metric if metric in MAXIMIZE else "val_accuracy"
-    ref = parse_param(parent_params.get("objectives.reference_point"))
-    ok_ref = [float(ref[0]), float(ref[1])] if isinstance(ref, list) and len(ref) == 2 else None
-    return settings(metric, ok_ref, num("min_val_accuracy"), num("max_val_loss"))
-
-
-def front_of_run(
-    c: Any,
-    parent: Any,
-    reference: Sequence[float] | None = None,
-    min_val_accuracy: float | None = None,
-) -> StudyFront:
-    """The front of the study whose parent run is ``parent``, read from MLflow now.
-
-    ``reference`` / ``min_val_accuracy`` (score units) default to the values in the study's spec.
-    """
-    from prunetune.search._mlflow import TAG_STUDY, trial_records, trial_runs
-
-    spec_ref, spec_floor = spec_objectives(dict(parent.data.params))
-    return study_front(
-        parent.data.tags.get(TAG_STUDY, parent.info.run_name or ""),
-        trial_records(trial_runs(c, parent)),
-        reference if reference is not None else spec_ref,
-        min_val_accuracy if min_val_accuracy is not None else spec_floor,
-    )

@@ -1,24 +1,21 @@
-"""Private MLflow plumbing shared by tracking, registry and the CLI.
+"""Private MLflow plumbing shared by the mirror, the registry and the CLI.
 
-One place knows the tag names, how a study's runs are found, how URIs are resolved and how
-writes are retried when SQLite is busy. MLflow is imported lazily (STYLE.md §11).
+One place knows the tag names, how a study's runs are found and how URIs are resolved.
+A study has one writer (its driver), so writes are plain client calls. MLflow is imported
+lazily (STYLE.md §11).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prunetune.search._errors import ConfigError
-from prunetune.search._objective import metric_of, to_score
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -132,51 +129,6 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return str(db.parent / "mlartifacts") if db is not None else None
 
 
-# --------------------------------------------------------------------------- retries
-
-_TRANSIENT = ("database is locked", "database table is locked", "sqlite_busy", "deadlock")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A write that failed because another process held the SQLite lock (retrying is safe:
-    the failed transaction was rolled back)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if any(s in str(e).lower() for s in _TRANSIENT):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def retry(
-    fn: Callable[..., T],
-    *args: Any,
-    attempts: int = 12,
-    base_delay: float = 0.05,
-    max_delay: float = 5.0,
-    **kwargs: Any,
-) -> T:
-    """Call ``fn``; on a transient lock error wait (exponential backoff with jitter) and retry.
-
-    SQLite already waits up to MLflow's ``busy_timeout`` (20 s) for a lock, but a deferred
-    transaction that must upgrade from reading to writing fails at once with "database is
-    locked"; with eight trials writing at the same time that happens, and this retries it.
-    """
-    delay = base_delay
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if attempt == attempts - 1 or not is_transient(e):
-                raise
-            log.debug("%s: %s; retry %d in %.2fs", getattr(fn, "__name__", fn), e, attempt, delay)
-            time.sleep(delay * (1.0 + random.random()))
-            delay = min(delay * 2.0, max_delay)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -194,8 +146,7 @@ def log_batch(
 ) -> int:
     """Log metrics, params and tags in as few ``log_batch`` calls as MLflow's limits allow.
 
-    Every metric carries one timestamp fixed before the first attempt, so a retried batch
-    writes the same rows, never duplicates. Non-numeric metric values are skipped.
+    Every metric carries one timestamp. Non-numeric metric values are skipped.
 
     Returns:
         the timestamp (ms) the metrics were logged with.
@@ -206,20 +157,20 @@ def log_batch(
     ms = [
         Metric(key=k, value=float(v), timestamp=ts, step=int(step))
         for k, v in (metrics or {}).items()
-        if _is_number(v)
+        if is_number(v)
     ]
     ps = [Param(k, param_value(v)) for k, v in (params or {}).items()]
     ts_ = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in (tags or {}).items()]
     for part in chunks(ps, MAX_PARAMS_PER_BATCH):
-        retry(c.log_batch, run_id, params=part)
+        c.log_batch(run_id, params=part)
     for part in chunks(ts_, MAX_PARAMS_PER_BATCH):
-        retry(c.log_batch, run_id, tags=part)
+        c.log_batch(run_id, tags=part)
     for part in chunks(ms, MAX_METRICS_PER_BATCH):
-        retry(c.log_batch, run_id, metrics=part)
+        c.log_batch(run_id, metrics=part)
     return ts
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     if isinstance(v, bool):
         return True
     try:
@@ -265,18 +216,17 @@ def get_or_create_experiment(c: MlflowClient, name: str, tracking_uri: str) -> s
     Raises:
         ConfigError: the experiment exists but is deleted.
     """
-    exp = retry(c.get_experiment_by_name, name)
+    exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
-            return retry(
-                c.create_experiment,
+            return c.create_experiment(
                 name,
                 artifact_location=default_artifact_root(tracking_uri),
                 # the MLflow 3 UI then opens on its "model training" views, not GenAI
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
         except Exception:
-            exp = retry(c.get_experiment_by_name, name)  # created meanwhile by another process
+            exp = c.get_experiment_by_name(name)  # created meanwhile by another process
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
@@ -298,8 +248,7 @@ def search_all(
     out: list[Run] = []
     token = None
     while True:
-        page = retry(
-            c.search_runs,
+        page = c.search_runs(
             experiment_ids,
             filter_string=filter_string,
             max_results=1000,
@@ -316,7 +265,7 @@ def _active_experiment_ids(c: MlflowClient) -> list[str]:
     ids: list[str] = []
     token = None
     while True:
-        page = retry(c.search_experiments, max_results=1000, page_token=token)
+        page = c.search_experiments(max_results=1000, page_token=token)
         ids.extend(str(e.experiment_id) for e in page)
         token = page.token
         if not token:
@@ -362,127 +311,3 @@ def trial_runs(c: MlflowClient, parent: Run) -> list[Run]:
 
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "\\'") + "'"
-
-
-# Parameters worth showing beside a trial (the rest is one click away in the run).
-_KEY_PARAMS = (
-    "model.family",
-    "model.widths",
-    "model.channels",
-    "model.activation",
-    "train.epochs",
-    "train.lr",
-    "train.batch_size",
-    "train.optimizer",
-    "train.weight_decay",
-)
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as MLflow recorded it (plain Python scalars)."""
-
-    run_id: str
-    trial: int
-    status: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    start_time: int = 0
-
-    @property
-    def val_accuracy(self) -> float:
-        return float(self.metrics.get("val_accuracy", math.nan))
-
-    @property
-    def test_accuracy(self) -> float:
-        return float(self.metrics.get("test_accuracy", math.nan))
-
-    @property
-    def metric(self) -> str:
-        """The first objective this trial logged: ``val_accuracy`` or ``val_loss``."""
-        return metric_of(self.metrics)
-
-    @property
-    def val_value(self) -> float:
-        return float(self.metrics.get(self.metric, math.nan))
-
-    @property
-    def test_value(self) -> float:
-        return float(self.metrics.get("test_" + self.metric[4:], math.nan))
-
-    @property
-    def params_kept(self) -> float:
-        return float(self.metrics.get("params", math.nan))
-
-    @property
-    def method(self) -> str:
-        return self.params.get("method.name", self.tags.get("method", ""))
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "FINISHED"
-
-    @property
-    def point(self) -> tuple[float, float] | None:
-        """``(score, params)`` of a finished trial, else ``None`` (excluded); the score is
-        ``val_accuracy``, or ``-val_loss`` for a regression trial (see ``_objective``)."""
-        if not self.finished:
-            return None
-        p = (to_score(self.metric, self.val_value), self.params_kept)
-        return p if all(math.isfinite(v) for v in p) else None
-
-    def hparams(self) -> dict[str, Any]:
-        """The method's hyperparameters plus the key model/training ones, parsed from params."""
-        keys = [k for k in sorted(self.params) if k.startswith("method.")]
-        keys += [k for k in _KEY_PARAMS if k in self.params]
-        return {k: parse_param(self.params[k]) for k in keys}
-
-    def row(self) -> dict[str, Any]:
-        m = self.metrics
-        return {
-            "trial": self.trial,
-            "run_id": self.run_id,
-            "method": self.method,
-            "params": _int(m.get("params")),
-            "params_dense": _int(m.get("params_dense")),
-            "density": m.get("density"),
-            "val_accuracy": m.get("val_accuracy"),
-            "test_accuracy": m.get("test_accuracy"),
-            "val_loss": m.get("val_loss"),
-            "test_loss": m.get("test_loss"),
-            "hparams": self.hparams(),
-        }
-
-
-def _int(v: float | None) -> int | None:
-    return None if v is None or not math.isfinite(v) else round(v)
-
-
-def trial_records(runs: Iterable[Run]) -> list[TrialRecord]:
-    """Records of child runs; if a trial number was logged twice (a retried trial), the
-    finished attempt started last wins."""
-    by_trial: dict[int, TrialRecord] = {}
-    extra: list[TrialRecord] = []
-    for r in runs:
-        tags = dict(r.data.tags)
-        try:
-            n = int(tags.get(TAG_TRIAL, ""))
-        except ValueError:
-            n = -1
-        rec = TrialRecord(
-            run_id=r.info.run_id,
-            trial=n,
-            status=r.info.status,
-            metrics={k: float(v) for k, v in r.data.metrics.items()},
-            params=dict(r.data.params),
-            tags=tags,
-            start_time=int(r.info.start_time or 0),
-        )
-        if n < 0:
-            extra.append(rec)
-            continue
-        old = by_trial.get(n)
-        if old is None or (rec.finished, rec.start_time) >= (old.finished, old.start_time):
-            by_trial[n] = rec
-    return sorted([*by_trial.values(), *extra], key=lambda t: (t.trial, t.start_time))

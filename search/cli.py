@@ -1,4 +1,11 @@
-"""The ``prunetune`` command line: ``prunetune train|methods|search|pareto|register|fetch|ui``."""
+"""The ``prunetune`` command line: ``train``, ``search``, ``methods``, and the mounted commands.
+
+This module owns the root app and the ``train``, ``search`` and ``methods`` commands, and mounts
+the sub-apps of :mod:`~prunetune.search.cli_tracking` (``pareto``, ``register``, ``fetch``,
+``models``, ``ui``) and :mod:`~prunetune.search.cli_explain` (``explain``).
+Heavy libraries (torch, MLflow, Ray, Optuna) are imported inside the commands, so that
+``prunetune --help`` does not load them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prunetune.search import cli_explain, cli_tracking
+from prunetune.search._cli_common import EXIT_CONFIG, _fail, console
 from prunetune.search._errors import ConfigError
+
+__all__ = ["EXIT_CONFIG", "app", "main"]
 
 app = typer.Typer(
     help="AutoML search in which neural-network pruning is the hyperparameter space.",
@@ -20,13 +31,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-EXIT_CONFIG = 2
-
-
-def _fail(msg: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+# Mounted without a name, their commands join this app's, listed after its own.
+app.add_typer(cli_tracking.app)
+app.add_typer(cli_explain.app)
 
 
 def _parse_value(text: str) -> Any:
@@ -307,10 +314,6 @@ def methods() -> None:
         out.print(table)
 
 
-from prunetune.search import cli_explain as _cli_explain  # noqa: E402,F401
-from prunetune.search import cli_tracking as _cli_tracking  # noqa: E402,F401  (registers pareto/register/fetch/models/ui)
-
-
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -321,7 +324,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run the canonical module, on whose app the other command modules register themselves.
-    from prunetune.search import cli as _canonical
-
-    _canonical.main()
+    main()

@@ -1,6 +1,6 @@
 """``prunetune explain``: pathways, feature importance and symmetry of a pruned model.
 
-Registers on :data:`prunetune.search.cli.app` when ``prunetune.search.cli`` is imported::
+A command of :data:`app`, which :mod:`prunetune.search.cli` mounts on the root app::
 
     prunetune explain quickstart@knee -o explain/      # a registered model
     prunetune explain --run 3f2a... -o explain/        # a trial run's compact model
@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 
+from prunetune.search._cli_common import TrackingUri, _fail, _uri, console
 from prunetune.search._errors import ConfigError
-from prunetune.search.cli import _fail, app, console
-from prunetune.search.cli_tracking import TrackingUri, _uri
+
+app = typer.Typer()
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """CLI commands over the MLflow store: ``pareto``, ``register``, ``fetch``, ``models``, ``ui``.
 
-They register on :data:`prunetune.search.cli.app` when ``prunetune.search.cli`` is imported.
+They are commands of :data:`app`, which :mod:`prunetune.search.cli` mounts on the root app.
 Every command takes ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI`` or
 ``sqlite:///./mlflow.db``).
 """
@@ -23,13 +23,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# _cli_common first: `cli` imports the command modules (cli_explain needs TrackingUri, _uri
-# from here) at its end, so they must exist before the `cli` import below.
-from prunetune.search._cli_common import TrackingUri, _uri
+from prunetune.search._cli_common import TrackingUri, _fail, _uri, console
 from prunetune.search._errors import ConfigError
-from prunetune.search.cli import _fail, app, console
 
-__all__ = ["TrackingUri", "server_command", "server_env", "wait_for_server"]
+__all__ = ["TrackingUri", "app", "server_command", "server_env", "wait_for_server"]
+
+app = typer.Typer()
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -38,21 +37,59 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return format(v, spec)
 
 
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="the study's Optuna storage URL (default: the one its MLflow run names, "
+        "else sqlite:///./optuna.db)",
+        show_default=False,
+    ),
+]
+
+
+def _study_storage(study: str, storage: str | None, tracking_uri: str | None) -> str:
+    """``--storage``, else the storage the study's MLflow parent run names, else ./optuna.db."""
+    from prunetune.search import _mlflow as M
+    from prunetune.search._record import resolve_storage
+
+    if storage:
+        return storage
+    uri = M.resolve_tracking_uri(tracking_uri, Path.cwd())
+    db = M.sqlite_path(uri)
+    if db is None or db.is_file():
+        parent = M.find_study_run(M.client(uri), study)
+        if parent is not None and parent.data.tags.get("optuna_storage"):
+            return parent.data.tags["optuna_storage"]
+    return resolve_storage(None, Path.cwd())
+
+
 @app.command()
 def pareto(
     study: Annotated[str, typer.Argument(help="study name (the spec's `name`)")],
+    storage: Storage = None,
     tracking_uri: TrackingUri = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Show a study's Pareto front (val accuracy ↑, kept parameters ↓) from MLflow."""
+    """Show a study's Pareto front (val metric, kept parameters ↓) from its Optuna record."""
     from prunetune.search import _mlflow as M
-    from prunetune.search._front import front_of_run
+    from prunetune.search._front import front_of_study
+    from prunetune.search._record import load_study
 
-    uri = _uri(tracking_uri)
     try:
-        c = M.client(uri)
-        parent = M.require_study_run(c, study, uri)
-        front = front_of_run(c, parent)
+        url = _study_storage(study, storage, tracking_uri)
+        record = load_study(study, url)
+        runs: dict[int, str] = {}
+        uri = M.resolve_tracking_uri(tracking_uri, Path.cwd())
+        if (db := M.sqlite_path(uri)) is None or db.is_file():
+            c = M.client(uri)
+            if (parent := M.find_study_run(c, study)) is not None:
+                runs = {
+                    int(r.data.tags[M.TAG_TRIAL]): r.info.run_id
+                    for r in M.trial_runs(c, parent)
+                    if r.data.tags.get(M.TAG_TRIAL, "").isdigit()
+                }
+        front = front_of_study(record, runs)
     except ConfigError as e:
         raise _fail(str(e)) from None
     if as_json:
@@ -60,8 +97,8 @@ def pareto(
         return
     table = Table(
         title=f"{study}: Pareto front of {front.finished} finished trials "
-        f"({front.failed} failed); hypervolume {front.hypervolume:.6g} "
-        f"w.r.t. (val {front.reference[0]:g}, params {front.reference[1]:,.0f})",
+        f"({front.failed} failed); hypervolume {front.hypervolume:.6g} on (val, log10 params) "
+        f"w.r.t. (val {abs(front.reference[0]):g}, params {front.reference[1]:,.0f})",
         title_justify="left",
     )
     for col in ("trial", "params", "density", "val acc", "test acc", "method", "selected", "run"):
@@ -98,6 +135,7 @@ def register(
         float | None,
         typer.Option(help="floor for `smallest` (default: the spec's objectives)"),
     ] = None,
+    storage: Storage = None,
     tracking_uri: TrackingUri = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -107,7 +145,7 @@ def register(
     uri = _uri(tracking_uri)
     rules = [r for item in (select or DEFAULT_SELECT) for r in item.split(",") if r]
     try:
-        versions = register_study(uri, study, rules, min_val_accuracy)
+        versions = register_study(uri, study, rules, min_val_accuracy, storage=storage)
     except ConfigError as e:
         raise _fail(str(e)) from None
     if as_json:

@@ -659,9 +659,8 @@ def feature_std(dataset: str, data_dir: str | None = None) -> torch.Tensor:
 
 
 def _run_dataset(client: Any, run_id: str) -> str | None:
-    from prunetune.search import _mlflow as M
 
-    run = M.retry(client.get_run, run_id)
+    run = client.get_run(run_id)
     ds = run.data.params.get("dataset") or run.data.tags.get("dataset")
     return str(ds) if ds else None
 
@@ -681,7 +680,7 @@ def load_run_model(
     c = M.client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="prunetune-explain-") as tmp:
         try:
-            M.retry(c.download_artifacts, run_id, "model", tmp)
+            c.download_artifacts(run_id, "model", tmp)
         except Exception as e:
             raise ValueError(f"run {run_id} has no compact model artifacts 'model/': {e}") from None
         mdir = Path(tmp) / "model"
@@ -747,7 +746,7 @@ def log_files(
     with tempfile.TemporaryDirectory(prefix="prunetune-explain-") as tmp:
         for p in paths:  # one upload, of exactly these files
             shutil.copyfile(p, Path(tmp) / p.name)
-        M.retry(c.log_artifacts, run_id, tmp, artifact_path)
+        c.log_artifacts(run_id, tmp, artifact_path)
     return [f"{artifact_path}/{p.name}" for p in paths]
 
 

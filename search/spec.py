@@ -142,6 +142,12 @@ class SearchSettings(_Strict):
     seed: int = Field(0, ge=0)
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///optuna.db")
     population_size: int = Field(8, ge=2, description="NSGA-II population")
+    heartbeat_grace: float = Field(
+        60.0,
+        ge=2,
+        description="seconds without a driver's heartbeat before its running trials are failed "
+        "and replaced (a second driver on the same study joins it meanwhile)",
+    )
 
     @field_validator("storage")
     @classmethod
@@ -213,7 +219,14 @@ class StudySpec(_Strict):
         d = self.model_dump(
             mode="json",
             exclude={
-                "search": {"n_trials", "max_concurrent", "max_failures", "resources", "storage"},
+                "search": {
+                    "n_trials",
+                    "max_concurrent",
+                    "max_failures",
+                    "resources",
+                    "storage",
+                    "heartbeat_grace",
+                },
                 "tracking": True,
                 "description": True,
             },

@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -131,9 +133,38 @@ class TrialResult:
     config: dict[str, Any]
     export: Any = None  # prunetune.prune.ExportResult
     per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
+    masks: dict[str, Any] = field(default_factory=dict)  # hard masks per prunable layer
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "history": self.history, "config": self.config}
+
+    def save(self, directory: str | Path) -> Path:
+        """The trial's files (its checkpoint): ``model/{weights.pt,masks.pt,arch.json,
+        kept_units.json}`` — tensors that ``torch.load(weights_only=True)`` reads, and JSON —
+        and ``metrics/config/history/per_layer.json``."""
+        d = Path(directory)
+
+        def dump(name: str, obj: Any) -> None:
+            (d / name).parent.mkdir(parents=True, exist_ok=True)
+            (d / name).write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+        dump("metrics.json", self.metrics)
+        dump("config.json", self.config)
+        dump("history.json", self.history)
+        dump("per_layer.json", self.per_layer)
+        if (ex := self.export) is not None:
+            dump("model/arch.json", ex.arch)
+            dump("model/kept_units.json", ex.kept_units)
+            state = {k: v.detach().cpu().contiguous() for k, v in ex.model.state_dict().items()}
+            torch.save(state, d / "model" / "weights.pt")
+            masks = {
+                f"{name}.{part}": t.detach().cpu()
+                for name, m in self.masks.items()
+                for part, t in (("weight", m.weight), ("bias", m.bias))
+                if t is not None
+            }
+            torch.save(masks, d / "model" / "masks.pt")
+        return d
 
 
 def flat_config(config: TrialConfig) -> dict[str, Any]:
@@ -212,8 +243,10 @@ def run_trial(
         return {"density": ex.density, "params": float(ex.params)}
 
     t0 = time.perf_counter()
+    start_cpu = time.process_time()  # the process's CPU before its first training step
     result = train(model, method, data, tcfg, report=report, epoch_metrics=epoch_metrics)
-    ex = export_compact(model, arch, method.masks())
+    masks = method.masks()
+    ex = export_compact(model, arch, masks)
     ex.model.to(device)
     val = evaluate(ex.model, data.x_val, data.y_val, loss=loss)
     test = evaluate(ex.model, data.x_test, data.y_test, loss=loss)
@@ -227,6 +260,7 @@ def run_trial(
         "live_neurons": ex.live_neurons,
         "seconds": result.seconds,
         "total_seconds": time.perf_counter() - t0,
+        "start_cpu_s": start_cpu,
     }
     return TrialResult(
         metrics=metrics,
@@ -234,6 +268,7 @@ def run_trial(
         config=cfg.model_dump(mode="json"),
         export=ex,
         per_layer=ex.per_layer,
+        masks=masks,
     )
 
 

@@ -44,3 +44,59 @@ def ray_local():
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> dict:
+    """A finished study of real trials without Ray: each config is run here, told to a real
+    Optuna storage as the runner's searcher tells it, and mirrored to a real MLflow SQLite
+    store by the driver's :class:`StudyMirror`. Returns the stores, the mirror and results."""
+    import optuna
+
+    from prunetune.search._record import (
+        ATTR_CHECKPOINT,
+        ATTR_CONFIG,
+        ATTR_REFERENCE,
+        ATTR_RESULT,
+        _plain,
+    )
+    from prunetune.search.tracking import StudyMirror
+    from prunetune.search.trial import run_trial
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=["maximize", "minimize"]
+    )
+    study.set_metric_names(["val_accuracy", "params"])
+    study.set_user_attr("spec", spec)
+    results = []
+    for n, cfg in enumerate(configs):
+        res = run_trial(cfg)
+        results.append(res)
+        ckpt = res.save(workdir / "checkpoints" / f"trial-{n}")
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[res.metrics["val_accuracy"], res.metrics["params"]],
+                user_attrs={
+                    ATTR_CONFIG: cfg,
+                    ATTR_RESULT: _plain(res.metrics),
+                    ATTR_CHECKPOINT: str(ckpt),
+                },
+            )
+        )
+    dense = max(r.metrics["params_dense"] for r in results)  # the largest model's
+    ref = spec.get("objectives", {}).get("reference_point")
+    study.set_user_attr(ATTR_REFERENCE, ref or [0.0, dense])
+    mirror = StudyMirror(uri, name, name, spec, storage, explain=False)
+    mirror.start(study)
+    for n, (cfg, res) in enumerate(zip(configs, results, strict=True)):
+        mirror.trial_started(n, cfg)
+        mirror.trial_epochs(n, res.history)
+        mirror.trial_finished(n, _plain(res.metrics), str(workdir / "checkpoints" / f"trial-{n}"))
+    mirror.close()
+    return {"uri": uri, "storage": storage, "mirror": mirror, "results": results, "study": study}
+
+
+@pytest.fixture(scope="session")
+def make_study():
+    return record_study

@@ -21,7 +21,6 @@ from prunetune.search.explain import (
     toy_pathways,
     write_explanations,
 )
-from prunetune.search.trial import run_trial
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -128,15 +127,13 @@ def test_names_for_datasets():
 
 
 @pytest.fixture(scope="module")
-def fashion_study(tmp_path_factory):
+def fashion_study(tmp_path_factory, make_study):
     """A one-trial Fashion-MNIST study (short Gumbel training), registered as fmnist@knee."""
     if not FASHION_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST not installed in {FASHION_DIR}")
     from prunetune.search.registry import register_study
-    from prunetune.search.tracking import StudyTracker, TrialTracker
 
     d = tmp_path_factory.mktemp("explain")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
     cfg = {
         "dataset": "fashion-mnist",
         "model": {"widths": [32]},
@@ -145,12 +142,8 @@ def fashion_study(tmp_path_factory):
         "threads": 1,
         "device": "cpu",
     }
-    tracker = StudyTracker(uri, "fmnist", "fmnist", {"dataset": "fashion-mnist"}, None, {})
-    ctx = tracker.start()
-    with TrialTracker(ctx, 0, cfg) as t:
-        result = run_trial(cfg, t.log_epoch)
-        run_id = t.finish(result)
-    tracker.finish()
+    made = make_study(d, "fmnist", {"dataset": "fashion-mnist"}, [cfg])
+    uri, result, run_id = made["uri"], made["results"][0], made["mirror"].runs[0]
     register_study(uri, "fmnist", select=("knee",))
     return {"uri": uri, "dir": d, "run_id": run_id, "result": result}
 

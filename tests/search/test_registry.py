@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -26,8 +27,6 @@ from prunetune.search.registry import (
     parse_model_uri,
     register_study,
 )
-from prunetune.search.tracking import StudyTracker, TrialTracker
-from prunetune.search.trial import run_trial
 
 STUDY = "reg-study"
 FLOOR = 0.5
@@ -53,34 +52,29 @@ CONFIGS = [
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A finished study of five real trials in a SQLite store, registered with the defaults."""
+def study(tmp_path_factory, make_study):
+    """A finished study of five real trials (Optuna record + MLflow mirror), registered with
+    the defaults."""
     from mlflow import MlflowClient
 
     d = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    tracker = StudyTracker(uri, STUDY, STUDY, SPEC, None, {})
-    ctx = tracker.start()
-    results = {}
-    for n, cfg in enumerate(CONFIGS):
-        with TrialTracker(ctx, n, cfg) as t:
-            res = run_trial(cfg, t.log_epoch)
-            results[t.finish(res)] = res
-    tracker.finish()
+    made = make_study(d, STUDY, SPEC, CONFIGS)
+    uri = made["uri"]
     versions = register_study(uri, STUDY)
     c = MlflowClient(uri)
     runs = {
         r.info.run_id: r
-        for r in c.search_runs([ctx.experiment_id], "tags.`prunetune.role` = 'trial'")
+        for r in c.search_runs([made["mirror"].experiment_id], "tags.`prunetune.role` = 'trial'")
     }
+    results = {made["mirror"].runs[n]: res for n, res in enumerate(made["results"])}
     return {
         "uri": uri,
         "dir": d,
-        "ctx": ctx,
         "results": results,
         "versions": versions,
         "runs": runs,
         "client": c,
+        "storage": made["storage"],
     }
 
 
@@ -155,24 +149,76 @@ def test_prunetune_fetch_forwards(study):
     )
 
 
-def test_mlflow_pytorch_flavour_loads(study, digits):
+@pytest.fixture
+def mlflow_globals(monkeypatch):
+    """Point MLflow's global tracking/registry URIs somewhere for one test, then restore them
+    (``set_*_uri`` also export ``MLFLOW_*_URI``; monkeypatch restores the environment)."""
     import mlflow
 
-    from prunetune.search.registry import _global_tracking_uri
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        if k in os.environ:
+            monkeypatch.setenv(k, os.environ[k])
+        else:
+            monkeypatch.delenv(k, raising=False)
 
-    # set_tracking_uri exports MLFLOW_TRACKING_URI; the context manager restores the env too,
-    # so no later test inherits this store.
-    with _global_tracking_uri(study["uri"]):
-        loaded = mlflow.pytorch.load_model(f"models:/{STUDY}@knee")
-        info = mlflow.models.get_model_info(f"models:/{STUDY}@knee")
-    assert (
-        "MLFLOW_TRACKING_URI" not in os.environ or os.environ["MLFLOW_TRACKING_URI"] != study["uri"]
-    )
+    def point_at(uri):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+    yield point_at
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def test_mlflow_pytorch_flavour_loads(study, digits, mlflow_globals):
+    import mlflow
+
+    # a user who points MLflow at the study's store loads the flavour by alias
+    mlflow_globals(study["uri"])
+    loaded = mlflow.pytorch.load_model(f"models:/{STUDY}@knee")
+    info = mlflow.models.get_model_info(f"models:/{STUDY}@knee")
     ours = fetch(f"{STUDY}@knee", tracking_uri=study["uri"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(digits.x_test), ours(digits.x_test))
     assert info.signature is not None and info.signature.inputs.is_tensor_spec()
     assert info.saved_input_example_info is not None
+    mv = study["client"].get_model_version_by_alias(STUDY, "knee")
+    assert info.model_uuid == mv.tags["logged_model_id"] == info.model_id
+    assert info.run_id == mv.run_id
+
+
+def test_registry_leaves_mlflow_globals_alone(study, tmp_path, mlflow_globals):
+    import mlflow
+
+    other = tmp_path / "other.db"
+    mlflow_globals(f"sqlite:///{other}")  # a sentinel store the registry must never touch
+
+    def globals_now():
+        return (
+            mlflow.get_tracking_uri(),
+            mlflow.get_registry_uri(),
+            os.environ.get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_REGISTRY_URI"),
+        )
+
+    before = globals_now()
+    name = "reg-globals"  # a fresh model: every chosen trial gets a new logged model + version
+    c = study["client"]
+    try:
+        got = register_study(study["uri"], STUDY, ["knee", "smallest"], model_name=name)
+        assert got and all(v.created for v in got)
+        assert globals_now() == before
+        model = fetch(f"{name}@knee", tracking_uri=study["uri"])
+        assert globals_now() == before
+        knee = c.get_model_version_by_alias(STUDY, "knee")
+        assert got[0].run_id == knee.run_id
+        original = study["results"][knee.run_id].export.model
+        x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert torch.equal(model(x), original(x))
+    finally:
+        c.delete_registered_model(name)
+    assert not other.exists()  # nothing was written to (or created in) the global store
 
 
 def test_version_artifacts_are_tensors_and_json(study, tmp_path):
@@ -253,7 +299,13 @@ def test_cli_pareto_models_register(study):
     data = json.loads(res.stdout)
     ids, pts = _points(study["runs"])
     assert {r["run_id"] for r in data["front"]} == {ids[i] for i in pareto.pareto_front(pts)}
-    assert data["hypervolume"] == pytest.approx(pareto.hypervolume(pts, data["reference_point"]))
+    # hypervolume on (accuracy, log10 params) from the reference the study fixed
+    ref = data["reference_point"]
+    logged = [(a, math.log10(p)) for a, p in pts]
+    assert ref == [0.0, max(r.metrics["params_dense"] for r in study["results"].values())]
+    assert data["hypervolume"] == pytest.approx(
+        pareto.hypervolume(logged, (ref[0], math.log10(ref[1])))
+    )
     res = runner.invoke(app, ["pareto", STUDY, "--tracking-uri", uri])
     assert res.exit_code == 0 and "hypervolume" in res.stdout
     res = runner.invoke(app, ["models", "--tracking-uri", uri], env={"COLUMNS": "200"})
@@ -280,7 +332,7 @@ def test_cli_fetch_verify_passes_then_fails_loudly_on_tampered_weights(study, tm
 
     # Corrupt the stored weights of the version (in the artifact store itself).
     mv = c.get_model_version_by_alias(STUDY, "knee")
-    stored = Path(c.get_logged_model(mv.source.removeprefix("models:/")).artifact_location)
+    stored = Path(c.get_logged_model(mv.tags["logged_model_id"]).artifact_location)
     weights = stored / "extra_files" / "weights.pt"
     backup = tmp_path / "weights.bak"
     shutil.copyfile(weights, backup)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 
@@ -142,42 +144,42 @@ def test_study_tracking_end_to_end(ray_local, tiny_spec, tmp_path):
     assert count_params(model) == knee.params
 
 
-def test_front_updates_are_throttled_and_figures_wait_for_a_free_core(monkeypatch):
-    """While trials compete for the cores, the driver republishes only the front's table, at
-    most every FRONT_MIN_SECONDS; figures and explanations wait until every trial has started
-    *and* a slot has freed for good (fewer running than at the busiest moment)."""
+def test_study_names_its_objectives_and_fixes_the_hypervolume_reference(tiny_spec, tmp_path):
+    """The record carries what every view needs: objective names (optuna-dashboard shows them)
+    and a reference fixed at the start — accuracy 0 and the dense count of the largest model
+    the space builds: depth 2 × width 32 on digits = (64·32+32) + (32·32+32) + (32·10+10)."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study, _ = prepare_study(parse_spec(tiny_spec), storage, fresh=False)
+    assert study.metric_names == ["val_accuracy", "params"]
+    assert study.user_attrs["hv_reference"] == [0.0, 3466.0]
+    tiny_spec["objectives"] = {"reference_point": [0.1, 5000]}
+    tiny_spec["name"] = "ref"
+    study, _ = prepare_study(parse_spec(tiny_spec), storage, fresh=False)
+    assert study.user_attrs["hv_reference"] == [0.1, 5000.0]
+
+
+def test_stale_trials_are_failed_and_live_ones_left_running(tiny_spec, tmp_path):
+    """A second driver joins a study: trials whose driver still beats stay RUNNING; those
+    whose heartbeat is older than the grace period are failed."""
     import time
 
-    from prunetune.search import runner
+    from prunetune.search._record import ATTR_DRIVER, open_storage
 
-    monkeypatch.setattr(runner._LiveState, "SETTLE_SECONDS", 0.2)
-    monkeypatch.setattr(runner._LiveState, "FRONT_MIN_SECONDS", 0.6)
-    monkeypatch.setattr(runner._LiveState, "FIGURES_MIN_SECONDS", 100.0)
-    calls: list[tuple[float, dict]] = []
-    st = runner._LiveState(4, 0, 0, lambda **kw: calls.append((time.monotonic(), kw)))
-
-    def wait_for(n: int) -> None:
-        deadline = time.monotonic() + 10
-        while len(calls) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(calls) == n
-
-    try:
-        st.started("0"), st.started("1")  # 2 slots
-        st.completed("0", {"final": 1})
-        st.started("2")
-        wait_for(1)
-        st.completed("1", {"final": 1})  # within FRONT_MIN_SECONDS of the first update
-        st.started("3")  # the last trial takes the freed slot: every trial has started...
-        wait_for(2)
-        assert calls[1][0] - calls[0][0] >= 0.6
-        # ... but both slots are still busy, so the update stays cheap
-        assert [kw for _, kw in calls] == [{"figures": False, "explain": False}] * 2
-        st.completed("2", {"final": 1})  # now a slot idles until the study ends
-        wait_for(3)
-        assert calls[2][1] == {"figures": True, "explain": True}
-    finally:
-        st.close()
+    rdb = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", grace_seconds=2)
+    vspec = parse_spec(tiny_spec)
+    study, _ = prepare_study(vspec, rdb, fresh=False)
+    live, dead = study.ask(), study.ask()
+    for t in (live, dead):
+        t.set_user_attr(ATTR_DRIVER, "other")
+        rdb.record_heartbeat(t._trial_id)
+    time.sleep(3)
+    rdb.record_heartbeat(live._trial_id)
+    study, _ = prepare_study(vspec, rdb, fresh=False)
+    states = {t.number: t.state for t in study.trials}
+    assert states == {
+        live.number: optuna.trial.TrialState.RUNNING,
+        dead.number: optuna.trial.TrialState.FAIL,
+    }
 
 
 def test_val_loss_study_minimises_the_loss(ray_local, tiny_spec, tmp_path):
@@ -232,3 +234,35 @@ def test_val_loss_study_minimises_the_loss(ray_local, tiny_spec, tmp_path):
     )
     ok = [p for p in pts.values() if p[0] <= 10.0]
     assert by_alias["smallest"].params == min(p[1] for p in ok)
+
+
+def test_a_trial_process_never_imports_mlflow(ray_local, tmp_path):
+    from ray import tune
+
+    def probe(config: dict) -> None:  # local: Ray ships it by value to the worker
+        """The runner's own trainable in a real Tune worker, then what that process imported."""
+        import sys
+
+        from prunetune.search._worker import trainable
+
+        trainable(config, threads=1)
+        tune.report({"loaded": sorted(m for m in ("mlflow", "optuna") if m in sys.modules)})
+
+    config = {
+        "trial_number": 0,
+        "trial_config": {
+            "dataset": "digits",
+            "model": {"widths": [8]},
+            "train": {"epochs": 1},
+            "method": {"name": "gumbel"},
+        },
+    }
+    grid = tune.Tuner(
+        tune.with_resources(probe, {"cpu": 1}),
+        param_space=config,
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    result = grid[0].metrics
+    assert result["loaded"] == []
+    cp = grid[0].checkpoint  # weights and hard masks travel as a Tune checkpoint
+    assert {"weights.pt", "masks.pt", "arch.json"} <= set(os.listdir(f"{cp.path}/model"))

@@ -37,8 +37,32 @@ def _complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
 
 
+def _mirror_matches_record(tmp_path: Path, storage: str, name: str) -> None:
+    """MLflow lists exactly Optuna's COMPLETE trials, FINISHED, with equal objective values,
+    and no run is left RUNNING."""
+    import mlflow
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    finished = {
+        int(r.data.tags["prunetune.trial"]): [
+            r.data.metrics["val_accuracy"],
+            r.data.metrics["params"],
+        ]
+        for r in children
+        if r.info.status == "FINISHED"
+    }
+    assert finished == complete
+    assert len([r for r in children if r.info.status == "FINISHED"]) == len(complete)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 def test_sigkill_driver_then_rerun_loses_and_duplicates_nothing(tiny_spec, tmp_path):
     tiny_spec["search"]["n_trials"] = 8
+    tiny_spec["search"]["heartbeat_grace"] = 5  # the killed driver's trials go stale after 5 s
     tiny_spec["train"]["epochs"] = 3
     tiny_spec["tracking"] = {"enabled": True, "register": False}
     spec = write_spec(tmp_path / "kill.yaml", tiny_spec)
@@ -78,17 +102,42 @@ def test_sigkill_driver_then_rerun_loses_and_duplicates_nothing(tiny_spec, tmp_p
     assert len(numbers) == len(set(numbers))
     assert {t.number: t.values for t in complete if t.number in before} == before
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)  # stale RUNNING → FAIL
-    # MLflow agrees: one FINISHED child run per complete trial, none left RUNNING.
-    import mlflow
+    _mirror_matches_record(tmp_path, storage, "tiny")
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    finished = sorted(
-        int(r.data.tags["prunetune.trial"]) for r in children if r.info.status == "FINISHED"
-    )
-    assert finished == sorted(t.number for t in complete)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+def test_a_second_driver_joins_a_running_study(tiny_spec, tmp_path):
+    """Driver B starts on driver A's running study: A's running trial stays RUNNING and lands
+    COMPLETE, both drivers stop, and the study ends with exactly n_trials COMPLETE."""
+    tiny_spec["search"].update(n_trials=6, max_concurrent=1, heartbeat_grace=30)
+    tiny_spec["train"]["epochs"] = 120  # trials of a few seconds
+    tiny_spec["tracking"] = {"enabled": True, "register": False, "explain": False}
+    spec = write_spec(tmp_path / "join.yaml", tiny_spec)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = [*PRUNETUNE, "search", str(spec), "--workdir", str(tmp_path), "--quiet"]
+    a = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    running: set[int] = set()
+    while not running:
+        assert a.poll() is None and time.time() < deadline, "driver A never ran a trial"
+        time.sleep(0.2)
+        with contextlib.suppress(KeyError):
+            study = optuna.load_study(study_name="tiny", storage=storage)
+            running = {t.number for t in study.trials if t.state.name == "RUNNING"}
+    b = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = {}
+    while a.poll() is None or b.poll() is None:
+        assert time.time() < deadline, "the drivers did not finish in time"
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        seen.update({t.number: t.state.name for t in study.trials if t.number in running})
+        assert "FAIL" not in seen.values(), "driver B failed driver A's running trial"
+        time.sleep(0.2)
+    assert a.returncode == 0, a.stderr.read()[-3000:]
+    assert b.returncode == 0, b.stderr.read()[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 6 and "FAIL" not in states and "RUNNING" not in states
+    assert all(study.trials[n].state.name == "COMPLETE" for n in running)
+    _mirror_matches_record(tmp_path, storage, "tiny")
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_spec, tmp_path):
@@ -118,3 +167,85 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_spec, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, stopped (with its workers) at the end."""
+    from prunetune.search.cli_tracking import server_command, server_env, wait_for_server
+
+    d = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    cmd = server_command(f"sqlite:///{d / 'mlflow.db'}", "127.0.0.1", port, workers=1)
+    cmd[cmd.index("--artifacts-destination") + 1 :] = [str(d / "artifacts")]
+    log = open(d / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(url, proc, timeout=240)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_sixteen_trials_four_at_a_time_lose_no_metric(store, tiny_spec, tmp_path, request):
+    """16 trials, 4 at a time (0.5 CPU each on a 2-CPU Ray): every epoch row every trial
+    reported and its final metrics are in the mirror, equal to the record and the checkpoint."""
+    import json
+
+    import mlflow
+    import ray
+
+    uri = request.getfixturevalue("mlflow_server") if store == "server" else None
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    tiny_spec["search"].update(n_trials=16, max_concurrent=4, resources={"cpu": 0.5})
+    tiny_spec["train"]["epochs"] = 4
+    tiny_spec["tracking"] = {"enabled": True, "register": False, "explain": False}
+    tiny_spec["name"] = f"sixteen-{store}"
+    out = run_study(
+        parse_spec(tiny_spec),
+        RunOptions(workdir=tmp_path, progress=False, tracking_uri=uri),
+    )
+    assert out.completed == 16
+    study = optuna.load_study(study_name=out.study_name, storage=out.storage)
+    client = mlflow.MlflowClient(out.tracking_uri)
+    children = client.search_runs(
+        [client.get_experiment_by_name(out.study_name).experiment_id],
+        f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'",
+    )
+    assert len(children) == 16
+    for run in children:
+        assert run.info.status == "FINISHED"
+        t = study.trials[int(run.data.tags["prunetune.trial"])]
+        assert [run.data.metrics["val_accuracy"], run.data.metrics["params"]] == t.values
+        for k, v in t.user_attrs["result"].items():
+            assert run.data.metrics[k] == pytest.approx(v), k
+        d = client.download_artifacts(
+            run.info.run_id, "history.json", str(tmp_path / run.info.run_id)
+        )
+        history = json.loads(Path(d).read_text())
+        assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
+        for key in history[0]:
+            if key == "epoch":
+                continue
+            logged = {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)}
+            assert {(int(r["epoch"]), float(r[key])) for r in history} <= logged, key

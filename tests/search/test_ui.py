@@ -19,9 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunetune.search.tracking import StudyTracker, TrialTracker
-from prunetune.search.trial import run_trial
-
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,22 +33,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("ui")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    tracker = StudyTracker(uri, STUDY, STUDY, {"name": STUDY, "dataset": "digits"}, None, {})
-    ctx = tracker.start()
-    for n, (w, lam) in enumerate([(8, 0.1), (16, 1.0), (32, 5.0)]):
-        cfg = {
+def store(tmp_path_factory, make_study) -> str:
+    configs = [
+        {
             "dataset": "digits",
             "model": {"widths": [w]},
             "train": {"epochs": 2, "lr": 0.02, "batch_size": 64},
             "method": {"name": "gumbel", "lam": lam},
         }
-        with TrialTracker(ctx, n, cfg) as t:
-            t.finish(run_trial(cfg, t.log_epoch))
-    tracker.finish()
-    return uri
+        for w, lam in [(8, 0.1), (16, 1.0), (32, 5.0)]
+    ]
+    spec = {"name": STUDY, "dataset": "digits"}
+    return make_study(tmp_path_factory.mktemp("ui"), STUDY, spec, configs)["uri"]
 
 
 @pytest.fixture

@@ -1,0 +1,55 @@
+"""Private: the trial process. Runs one trial and reports it to Ray Tune — nothing else.
+
+A worker imports neither MLflow nor Optuna: it sends its epochs and final metrics through
+``tune.report`` and its weights and masks as a Tune checkpoint (Tune's storage: local by
+default, a shared path or bucket on a cluster); the driver records and mirrors them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+REPORT_SECONDS = 1.0  # least interval between intermediate results sent to Tune
+
+
+def trainable(config: dict[str, Any], *, threads: int) -> None:
+    """Ray Tune function trainable: ``config`` holds ``trial_config`` and ``trial_number``."""
+    import ray
+    from ray import tune
+
+    from prunetune.search.trial import run_trial
+
+    t_start = time.time()
+    number = int(config["trial_number"])
+    cfg = {
+        **config["trial_config"],
+        "device": "cuda" if ray.get_gpu_ids() else "cpu",
+        "threads": threads,
+    }
+    rows: list[dict[str, float]] = []
+    last = [-float("inf")]
+
+    def report(row: dict[str, float]) -> None:
+        rows.append(row)
+        # Each report is a round trip through the driver's event loop, which shares the cores
+        # with the trials: epochs travel in batches, at most every REPORT_SECONDS.
+        if (now := time.monotonic()) - last[0] >= REPORT_SECONDS:
+            last[0] = now
+            tune.report({**row, "trial_number": number, "epoch_rows": rows[:]})
+            rows.clear()
+
+    result = run_trial(cfg, report)
+    final = {
+        **result.metrics,
+        "trial_number": number,
+        "epoch_rows": rows,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "worker_start": t_start,
+        "worker_end": time.time(),
+        "final": 1,
+    }
+    with tempfile.TemporaryDirectory(prefix="prunetune-trial-") as tmp:
+        result.save(tmp)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

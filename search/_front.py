@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prunetune.search import pareto
+from prunetune.search._errors import ConfigError
 from prunetune.search._objective import MAXIMIZE, from_score, metric_of, settings, to_score
 
 # Parameters worth showing beside a trial (the rest is one click away in the run).
@@ -281,6 +282,60 @@ def front_of_study(
         ref,  # type: ignore[arg-type]
         min_val_accuracy if min_val_accuracy is not None else floor,
     )
+
+
+def reference_point(vspec: Any) -> tuple[float, float]:
+    """The hypervolume reference ``(metric, params)`` fixed when a study starts.
+
+    ``objectives.reference_point`` if set, else the worst metric (accuracy 0; for a loss, the
+    validation loss of predicting the training mean) and the dense parameter count of the
+    largest model the search space builds.
+    """
+    spec = vspec.spec
+    if spec.objectives.reference_point is not None:
+        return tuple(float(v) for v in spec.objectives.reference_point)  # type: ignore[return-value]
+    import torch
+
+    from prunetune.datasets import dataset_info, load_dataset
+    from prunetune.models import build_model, family_spec
+
+    m = spec.model
+    widths = m.widths or (m.bounds("width")[1],) * m.bounds("depth")[1]
+    info = dataset_info(spec.dataset)
+    arch = family_spec(m.family, info.input_shape, info.num_outputs, widths, m.channels, "relu")
+    dense = sum(p.numel() for p in build_model(arch).parameters())
+    if MAXIMIZE[spec.metric]:
+        return 0.0, float(dense)
+    data = load_dataset(spec.dataset, data_dir=spec.data_dir)
+    err = data.y_val - data.y_train.float().mean(0)
+    worst = err.abs().mean() if spec.train.loss == "l1" else err.pow(2).mean()
+    return float(torch.as_tensor(worst)), float(dense)
+
+
+def load_study(study_name: str, storage: str) -> Any:
+    """An existing study, or a readable error naming what the storage holds.
+
+    Raises:
+        ConfigError: no such study in ``storage``.
+    """
+    import optuna
+
+    from prunetune.search._mlflow import sqlite_path
+
+    if (db := sqlite_path(storage)) is not None and not db.is_file():
+        raise ConfigError(
+            f"no study named {study_name!r}: no Optuna storage at {db} (pass the study's "
+            "storage with --storage, or run `prunetune search` first)."
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
+        raise ConfigError(
+            f"no study named {study_name!r} in the Optuna storage {storage!r}; studies there: "
+            f"{names or 'none'} (pass --storage, or run `prunetune search` first)."
+        ) from None
 
 
 # --------------------------------------------------------------------------- files

@@ -1,9 +1,5 @@
-"""Private MLflow plumbing shared by the mirror, the registry and the CLI.
-
-One place knows the tag names, how a study's runs are found and how URIs are resolved.
-A study has one writer (its driver), so writes are plain client calls. MLflow is imported
-lazily (STYLE.md §11).
-"""
+"""Private MLflow plumbing shared by the mirror, the registry and the CLI: tag names, how a
+study's runs are found, how URIs are resolved. MLflow is imported lazily (STYLE.md §11)."""
 
 from __future__ import annotations
 
@@ -11,9 +7,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from prunetune.search._errors import ConfigError
 
@@ -25,31 +21,17 @@ log = logging.getLogger("prunetune.search")
 
 # Tags. `mlflow.parentRunId` makes the UI nest trial runs under their study's run.
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 TAG_STUDY = "prunetune.study"
 TAG_ROLE = "prunetune.role"  # "study" on the parent run, "trial" on each child run
 TAG_TRIAL = "prunetune.trial"
 TAG_FAILURE = "prunetune.failure"
 TAG_PARETO = "pareto"
-TAG_SESSION = "prunetune.session"  # the driver session that holds the parent run now
-
-# MLflow's per-call limits (mlflow.utils.validation).
-MAX_PARAMS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
-
-T = TypeVar("T")
-
-
-def quiet() -> None:
-    """No progress bars on artifact transfers (they garble CLI output and test logs)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's (mlflow.utils.validation)
 
 
 def client(tracking_uri: str) -> MlflowClient:
     """A client bound to ``tracking_uri`` (tracking and registry), never to global state."""
-    quiet()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # garbles the CLI
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -68,10 +50,6 @@ def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike[str]) -> st
 
     Raises:
         ConfigError: an in-memory SQLite URI, which other processes cannot share.
-
-    Example:
-        >>> resolve_tracking_uri(None, "/tmp/study")  # doctest: +SKIP
-        'sqlite:////tmp/study/mlflow.db'
     """
     base = Path(workdir).expanduser().resolve()
     text = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
@@ -129,55 +107,32 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return str(db.parent / "mlartifacts") if db is not None else None
 
 
-def chunks(items: list[T], size: int) -> Iterable[list[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def log_batch(
     c: MlflowClient,
     run_id: str,
     *,
-    metrics: Mapping[str, float] | None = None,
+    metrics: Mapping[str, Any] | None = None,
     step: int = 0,
-    timestamp_ms: int | None = None,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
-) -> int:
-    """Log metrics, params and tags in as few ``log_batch`` calls as MLflow's limits allow.
-
-    Every metric carries one timestamp. Non-numeric metric values are skipped.
-
-    Returns:
-        the timestamp (ms) the metrics were logged with.
-    """
+) -> None:
+    """Log metrics (one timestamp; non-numbers skipped), params and tags in one call (MLflow
+    splits it into batches within its limits)."""
     from mlflow.entities import Metric, Param, RunTag
 
-    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-    ms = [
-        Metric(key=k, value=float(v), timestamp=ts, step=int(step))
-        for k, v in (metrics or {}).items()
-        if is_number(v)
-    ]
-    ps = [Param(k, param_value(v)) for k, v in (params or {}).items()]
-    ts_ = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in (tags or {}).items()]
-    for part in chunks(ps, MAX_PARAMS_PER_BATCH):
-        c.log_batch(run_id, params=part)
-    for part in chunks(ts_, MAX_PARAMS_PER_BATCH):
-        c.log_batch(run_id, tags=part)
-    for part in chunks(ms, MAX_METRICS_PER_BATCH):
-        c.log_batch(run_id, metrics=part)
-    return ts
+    ts = int(time.time() * 1000)
+    c.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), ts, int(step)) for k, v in (metrics or {}).items() if is_number(v)
+        ],
+        params=[Param(k, param_value(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in (tags or {}).items()],
+    )
 
 
 def is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return True
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
+    return isinstance(v, int | float)  # bools are ints: logged as 0/1
 
 
 def param_value(v: Any) -> str:
@@ -238,53 +193,20 @@ def get_or_create_experiment(c: MlflowClient, name: str, tracking_uri: str) -> s
     return str(exp.experiment_id)
 
 
-def search_all(
-    c: MlflowClient,
-    experiment_ids: list[str],
-    filter_string: str,
-    order_by: list[str] | None = None,
-) -> list[Run]:
-    """Every run matching ``filter_string`` (all pages)."""
-    out: list[Run] = []
-    token = None
-    while True:
-        page = c.search_runs(
-            experiment_ids,
-            filter_string=filter_string,
-            max_results=1000,
-            order_by=order_by,
-            page_token=token,
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def _active_experiment_ids(c: MlflowClient) -> list[str]:
-    ids: list[str] = []
-    token = None
-    while True:
-        page = c.search_experiments(max_results=1000, page_token=token)
-        ids.extend(str(e.experiment_id) for e in page)
-        token = page.token
-        if not token:
-            return ids
+def search_all(c: MlflowClient, ids: list[str], filter_string: str, order: str) -> list[Run]:
+    """Every run matching ``filter_string`` (up to MLflow's 50,000), by start time ``order``."""
+    return list(
+        c.search_runs(ids, filter_string, max_results=50_000, order_by=[f"start_time {order}"])
+    )
 
 
 def find_study_run(
     c: MlflowClient, study: str, experiment_ids: list[str] | None = None
 ) -> Run | None:
     """The study's parent run (tag ``prunetune.study``), the most recently started if several."""
-    ids = experiment_ids or _active_experiment_ids(c)
-    if not ids:
-        return None
-    runs = search_all(
-        c,
-        ids,
-        f"tags.`{TAG_STUDY}` = {_quote(study)} and tags.`{TAG_ROLE}` = 'study'",
-        order_by=["attributes.start_time DESC"],
-    )
+    ids = experiment_ids or [e.experiment_id for e in c.search_experiments(max_results=50_000)]
+    where = f"tags.`{TAG_STUDY}` = {_quote(study)} and tags.`{TAG_ROLE}` = 'study'"
+    runs = search_all(c, ids, where, "DESC") if ids else []
     return runs[0] if runs else None
 
 
@@ -301,12 +223,8 @@ def require_study_run(c: MlflowClient, study: str, tracking_uri: str) -> Run:
 
 def trial_runs(c: MlflowClient, parent: Run) -> list[Run]:
     """All child runs of a study's parent run, any status."""
-    return search_all(
-        c,
-        [parent.info.experiment_id],
-        f"tags.`{TAG_PARENT}` = {_quote(parent.info.run_id)}",
-        order_by=["attributes.start_time ASC"],
-    )
+    where = f"tags.`{TAG_PARENT}` = {_quote(parent.info.run_id)}"
+    return search_all(c, [parent.info.experiment_id], where, "ASC")
 
 
 def _quote(s: str) -> str:

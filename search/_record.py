@@ -1,9 +1,8 @@
-"""Private: the Optuna study is the record of a study — trials, their results, its front.
+"""Private: the Optuna study is the record of a study; everything that writes it lives here.
 
-Everything that writes to the Optuna storage lives here: creating or joining a study, the
-heartbeats of the trials this driver runs, failing trials whose driver died, and telling
-results (retried, never dropped). Every other view — MLflow, the live view, ``prunetune
-pareto``, the registry — reads the front from here (:func:`study_front`).
+Creating or joining a study, heartbeats of the trials this driver runs, failing those whose
+driver died, telling results (retried, never dropped). Every view — the MLflow mirror, ``prunetune
+pareto``, the registry — reads the front from the record (``_front.front_of_study``).
 """
 
 from __future__ import annotations
@@ -22,26 +21,12 @@ from prunetune.search._objective import MAXIMIZE
 from prunetune.search.spec import ValidatedSpec
 
 log = logging.getLogger("prunetune.search")
-# Heartbeats, metric names and fail_stale_trials are marked experimental in Optuna; they are
-# what a study shared by many workers and drivers needs, so their warnings are noise here.
-warnings.filterwarnings("ignore", message=r".*(is|an) experimental", module=r"optuna\.")
-warnings.filterwarnings("ignore", message=r".*is experimental \(supported from")
 
 ATTR_DRIVER = "driver"  # the driver session that asked the trial (trials without one predate it)
 ATTR_RESULT = "result"  # the trial's final metrics (test metrics, dense count, timings…)
 ATTR_CONFIG = "config"  # the full trial config the worker ran
 ATTR_CHECKPOINT = "checkpoint"  # where Tune stored the trial's weights and masks
 ATTR_REFERENCE = "hv_reference"  # [metric, params] fixed when the study starts
-
-
-def objectives(metric: str) -> tuple[list[str], list[str], list[str]]:
-    """Optuna directions, Tune metrics and Tune modes of (``metric``, params)."""
-    up = MAXIMIZE[metric]
-    return (
-        ["maximize" if up else "minimize", "minimize"],
-        [metric, "params"],
-        ["max" if up else "min", "min"],
-    )
 
 
 def resolve_storage(url: str | None, workdir: Any) -> str:
@@ -52,12 +37,12 @@ def resolve_storage(url: str | None, workdir: Any) -> str:
 
 def open_storage(url: str, grace_seconds: float) -> Any:
     """An RDB storage with heartbeats: a trial whose driver stops beating for
-    ``grace_seconds`` is stale (failed by :func:`fail_stale`)."""
+    ``grace_seconds`` is stale (``fail_stale_trials`` fails it)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # ask/tell with heartbeats is what a driver of many workers needs; Optuna warns that
-    # heartbeats are meant for Study.optimize, whose per-process trials we do not have.
+    # Optuna marks heartbeats (meant for Study.optimize), metric names and fail_stale_trials
+    # experimental; a driver beating for its workers needs them, so the warnings are noise.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     interval = max(1, int(grace_seconds // 4))
@@ -86,12 +71,17 @@ def prepare_study(vspec: ValidatedSpec, storage: Any, fresh: bool) -> tuple[Any,
     """
     import optuna
 
+    from prunetune.search._front import reference_point
+
     base = vspec.spec.name
     names = _study_names(storage, base)
     name = base if not names else f"{base}~{len(names) + 1}" if fresh else names[-1]
     metric = vspec.spec.metric
     study = optuna.create_study(
-        study_name=name, storage=storage, directions=objectives(metric)[0], load_if_exists=True
+        study_name=name,
+        storage=storage,
+        directions=["maximize" if MAXIMIZE[metric] else "minimize", "minimize"],
+        load_if_exists=True,
     )
     fp = vspec.spec.fingerprint()
     old = study.user_attrs.get("spec_fingerprint")
@@ -110,22 +100,8 @@ def prepare_study(vspec: ValidatedSpec, storage: Any, fresh: bool) -> tuple[Any,
         if ATTR_DRIVER not in t.user_attrs:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             log.warning("trial %d was left RUNNING by an old driver; marked FAIL", t.number)
-    fail_stale(study)
+    optuna.storages.fail_stale_trials(study)  # a dead driver's trials, once stale
     return study, name
-
-
-def fail_stale(study: Any) -> list[int]:
-    """Fail RUNNING trials whose driver stopped beating; returns their numbers."""
-    import optuna
-
-    before = {t.number for t in study.get_trials(False, states=(optuna.trial.TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in study.get_trials(False, states=(optuna.trial.TrialState.RUNNING,))}
-    gone = sorted(before - after)
-    for n in gone:
-        if study.trials[n].state.name == "FAIL":
-            log.warning("trial %d: its driver stopped (no heartbeat); marked FAIL", n)
-    return [n for n in gone if study.trials[n].state.name == "FAIL"]
 
 
 def driver_alive(study: Any, session: str | None, grace: float) -> bool:
@@ -134,46 +110,16 @@ def driver_alive(study: Any, session: str | None, grace: float) -> bool:
     return beat is not None and time.time() - float(beat) < grace
 
 
-def reference_point(vspec: ValidatedSpec) -> tuple[float, float]:
-    """The hypervolume reference ``(metric, params)`` fixed when a study starts.
-
-    ``objectives.reference_point`` if set, else the worst metric (accuracy 0; for a loss, the
-    validation loss of predicting the training mean) and the dense parameter count of the
-    largest model the search space builds.
-    """
-    spec = vspec.spec
-    if spec.objectives.reference_point is not None:
-        return tuple(float(v) for v in spec.objectives.reference_point)  # type: ignore[return-value]
-    import torch
-
-    from prunetune.datasets import dataset_info, load_dataset
-    from prunetune.models import build_model, family_spec
-
-    m = spec.model
-    widths = m.widths or (m.bounds("width")[1],) * m.bounds("depth")[1]
-    info = dataset_info(spec.dataset)
-    arch = family_spec(m.family, info.input_shape, info.num_outputs, widths, m.channels, "relu")
-    dense = sum(p.numel() for p in build_model(arch).parameters())
-    if MAXIMIZE[spec.metric]:
-        return 0.0, float(dense)
-    data = load_dataset(spec.dataset, data_dir=spec.data_dir)
-    err = data.y_val - data.y_train.float().mean(0)
-    worst = err.abs().mean() if spec.train.loss == "l1" else err.pow(2).mean()
-    return float(torch.as_tensor(worst)), float(dense)
-
-
 # -- the searcher: Ray Tune's OptunaSearch, sharing the study with other drivers -------------
 def searcher_class() -> type:
+    import optuna
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     class StudySearch(OptunaSearch):
-        """``OptunaSearch`` on a study that other drivers may run at the same time.
-
-        It asks a trial only while fewer than ``n_trials`` are COMPLETE or RUNNING (any driver's),
-        stops once ``n_trials`` are COMPLETE, beats for the trials it runs, and tells results
-        with the trial's metrics and checkpoint, retrying until the storage takes them.
-        """
+        """``OptunaSearch`` on a study other drivers may share: it asks while fewer than
+        ``n_trials`` are COMPLETE or RUNNING, stops at ``n_trials`` COMPLETE, beats for its
+        trials and tells each result with its metrics and checkpoint, retried until stored."""
 
         def __init__(
             self, *a: Any, n_trials: int, checkpoints: dict[str, str], session: str, **kw: Any
@@ -196,17 +142,12 @@ def searcher_class() -> type:
         def restore(self, checkpoint_path: str) -> None:
             raise NotImplementedError("prunetune resumes studies from the Optuna storage")
 
-        def _counts(self) -> tuple[int, int]:
-            from collections import Counter
-
-            c = Counter(t.state.name for t in self._ot_study.get_trials(False))
-            return c["COMPLETE"], c["RUNNING"]
-
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             now = time.monotonic()
             if self._quota_full and now - self._quota_at < 1.0:
                 return None
-            complete, running = self._counts()
+            states = [t.state.name for t in self._ot_study.get_trials(False)]
+            complete, running = states.count("COMPLETE"), states.count("RUNNING")
             if complete >= self.n_trials:
                 return Searcher.FINISHED
             self._quota_full, self._quota_at = complete + running >= self.n_trials, now
@@ -226,15 +167,13 @@ def searcher_class() -> type:
                     for tid, t in list(self._ot_trials.items()):
                         if tid not in self._completed_trials:
                             self._ot_study._storage.record_heartbeat(t._trial_id)
-                    fail_stale(self._ot_study)
+                    optuna.storages.fail_stale_trials(self._ot_study)
                 except Exception as e:  # a busy store: beat again next interval
                     log.warning("recording heartbeats failed: %s", e)
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
         ) -> None:
-            import optuna
-
             if trial_id in self._completed_trials:
                 return
             t = self._ot_trials[trial_id]
@@ -244,7 +183,7 @@ def searcher_class() -> type:
 
             def tell() -> None:
                 if ok:
-                    t.set_user_attr(ATTR_RESULT, _plain(result))
+                    t.set_user_attr(ATTR_RESULT, final_metrics(result))
                     if trial_id in self.checkpoints:
                         t.set_user_attr(ATTR_CHECKPOINT, self.checkpoints[trial_id])
                 try:
@@ -262,14 +201,15 @@ def searcher_class() -> type:
 
 
 def _retry(fn: Any, what: str, seconds: float = 300.0) -> None:
-    """Call ``fn`` until it succeeds; a store that stays unavailable raises after ``seconds``."""
+    """Call ``fn`` until the store takes it; raise after ``seconds``, or at once if Optuna
+    refuses it (an error that retrying cannot mend)."""
+    import optuna
+
     deadline, pause = time.monotonic() + seconds, 0.1
     while True:
         try:
             return fn()
         except Exception as e:
-            import optuna
-
             if isinstance(e, optuna.exceptions.OptunaError) or time.monotonic() > deadline:
                 raise
             log.warning("%s failed (%s); retrying in %.1f s", what, e, pause)
@@ -284,47 +224,11 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def _plain(result: dict[str, Any]) -> dict[str, Any]:
+def final_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The trial's final metrics as JSON scalars (Tune's bookkeeping keys dropped)."""
     keys = ("val_", "test_", "params", "density", "live_neurons", "seconds", "total_seconds")
     out = {k: v for k, v in result.items() if k.startswith(keys) or k == "start_cpu_s"}
     return json.loads(json.dumps(out, default=float))
 
 
-# -- reading the record ----------------------------------------------------------------------
-def load_study(study_name: str, storage: str) -> Any:
-    """An existing study, or a readable error naming what the storage holds.
-
-    Raises:
-        ConfigError: no such study in ``storage``.
-    """
-    import optuna
-
-    from prunetune.search._mlflow import sqlite_path
-
-    if (db := sqlite_path(storage)) is not None and not db.is_file():
-        raise ConfigError(
-            f"no study named {study_name!r}: no Optuna storage at {db} (pass the study's "
-            "storage with --storage, or run `prunetune search` first)."
-        )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
-        raise ConfigError(
-            f"no study named {study_name!r} in the Optuna storage {storage!r}; studies there: "
-            f"{names or 'none'} (pass --storage, or run `prunetune search` first)."
-        ) from None
-
-
-__all__ = [
-    "fail_stale",
-    "load_study",
-    "objectives",
-    "open_storage",
-    "prepare_study",
-    "reference_point",
-    "resolve_storage",
-    "searcher_class",
-]
+__all__ = ["open_storage", "prepare_study", "resolve_storage", "searcher_class"]

@@ -1,9 +1,6 @@
-"""Private: the trial process. Runs one trial and reports it to Ray Tune — nothing else.
-
-A worker imports neither MLflow nor Optuna: it sends its epochs and final metrics through
-``tune.report`` and its weights and masks as a Tune checkpoint (Tune's storage: local by
-default, a shared path or bucket on a cluster); the driver records and mirrors them.
-"""
+"""Private: the trial process runs one trial and reports it to Ray Tune, nothing else: epochs
+and final metrics through ``tune.report``, weights and masks as a Tune checkpoint. It imports
+neither MLflow nor Optuna; the driver records and mirrors what it reports."""
 
 from __future__ import annotations
 

@@ -201,6 +201,13 @@ def search(
         int | None, typer.Option(min=1, help="override search.max_concurrent")
     ] = None,
     workdir: Annotated[Path, typer.Option(help="where default stores are written")] = Path("."),
+    storage_path: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray Tune storage for trial checkpoints: a path every node shares or a bucket "
+            "(s3://…, gs://…) on a cluster (default WORKDIR/ray_results)"
+        ),
+    ] = None,
     register: Annotated[
         bool | None,
         typer.Option("--register/--no-register", help="register the selected models at the end"),
@@ -236,6 +243,7 @@ def search(
         max_concurrent=max_concurrent,
         register=register,
         progress=not quiet,
+        storage_path=storage_path,
     )
     try:
         outcome = run_study(vspec, opts)

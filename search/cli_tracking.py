@@ -73,8 +73,7 @@ def pareto(
 ) -> None:
     """Show a study's Pareto front (val metric, kept parameters ↓) from its Optuna record."""
     from prunetune.search import _mlflow as M
-    from prunetune.search._front import front_of_study
-    from prunetune.search._record import load_study
+    from prunetune.search._front import front_of_study, load_study
 
     try:
         url = _study_storage(study, storage, tracking_uri)

@@ -1,12 +1,10 @@
 """Run a study: Optuna samples and records, Ray Tune executes, the driver mirrors to MLflow.
 
-The data flow is one-way. ``OptunaSearch`` asks the study (its storage: the record) for each
-trial, conditional on the method; a Tune worker runs it and reports epochs, final metrics and a
-checkpoint of its weights and masks; the searcher tells Optuna the moment a trial ends; one
-Tune callback on the driver feeds the live view and the MLflow mirror. A driver killed at any
-point loses no completed trial: the next run fails its trials once their heartbeats are stale,
-backfills the mirror from the record, and continues until ``n_trials`` trials are COMPLETE.
-Several drivers may run one study at once; each stops when the study has ``n_trials``.
+One-way: the searcher asks the Optuna study (the record) for each trial; a Tune worker runs it
+and reports epochs, final metrics and a checkpoint; the searcher tells Optuna when it ends; one
+Tune callback on the driver feeds the live view and the MLflow mirror. A killed driver loses no
+completed trial: the next run fails its trials once their heartbeats are stale, backfills the
+mirror and continues until ``n_trials`` are COMPLETE; several drivers may share one study.
 
 Example:
     >>> from prunetune.search.runner import run_study
@@ -20,7 +18,6 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from prunetune.search._errors import ConfigError
-from prunetune.search._record import objectives, prepare_study, resolve_storage
+from prunetune.search._objective import MAXIMIZE
+from prunetune.search._record import final_metrics, prepare_study, resolve_storage
 from prunetune.search.spec import ValidatedSpec
-
-log = logging.getLogger("prunetune.search")
 
 
 @dataclass
@@ -41,17 +37,14 @@ class RunOptions:
 
     Attributes:
         workdir: where default stores live (``mlflow.db``, ``mlartifacts/``, ``optuna.db``,
-            ``ray_results/``); the directory the user runs from by default.
-        ray_address: join an existing Ray cluster (``ray://…`` or ``host:port``); None starts a
-            local Ray with all cores.
-        storage: Optuna storage URL (overrides ``search.storage``).
-        tracking_uri: MLflow tracking URI (overrides ``tracking.uri``).
+            ``ray_results/``); by default the directory the user runs from.
+        ray_address: join a Ray cluster (``ray://…``, ``host:port``); None starts a local Ray.
+        storage / tracking_uri: Optuna storage and MLflow URIs (override the spec's).
         fresh: start a new study instead of continuing the latest one of this name.
-        n_trials / max_concurrent: override the spec's values.
-        register: register the selected models at the end (default: ``tracking.register``).
+        n_trials / max_concurrent / register: override the spec's values.
         progress: show the live view.
-        storage_path: Tune's storage for checkpoints (a shared path or bucket on a cluster);
-            default ``<workdir>/ray_results``.
+        storage_path: Tune's storage for trial checkpoints (a shared path or a bucket on a
+            cluster); default ``<workdir>/ray_results``.
     """
 
     workdir: Path = field(default_factory=Path.cwd)
@@ -90,173 +83,121 @@ class StudyFailed(RuntimeError):
         self.outcome = outcome
 
 
-# -- the driver's view of its trials -----------------------------------------------------------
-class Live:
-    """What this driver's trials are doing, fed by the Tune callback; renders the live view."""
-
-    def __init__(self, total: int, already: int, metric: str, max_failures: int) -> None:
-        self.total, self.already, self.metric = total, already, metric
-        self.max_failures = max_failures
-        self.t0 = time.time()
-        self.running: dict[str, float] = {}
-        self.done: list[dict[str, Any]] = []
-        self.failures: list[str] = []
-        self.timings: list[dict[str, float]] = []
-        self.lock = threading.Lock()
-
-    def started(self, tid: str) -> None:
-        with self.lock:
-            self.running[tid] = time.time()
-
-    def completed(self, tid: str, result: dict[str, Any]) -> None:
-        with self.lock:
-            start = self.running.pop(tid, time.time())
-            self.done.append(result)
-            self.timings.append(
-                {
-                    "driver_seconds": time.time() - start,
-                    "train_seconds": float(result.get("seconds", 0.0)),
-                    "total_seconds": float(result.get("total_seconds", 0.0)),
-                }
-            )
-
-    def errored(self, tid: str, msg: str) -> None:
-        with self.lock:
-            self.running.pop(tid, None)
-            self.failures.append(msg)
-
-    def render(self) -> Any:
-        from rich.table import Table
-
-        from prunetune.search._objective import from_score, to_score
-        from prunetune.search.pareto import best_under_budgets, pareto_front
-
-        with self.lock:
-            pts = [(to_score(self.metric, r[self.metric]), r["params"]) for r in self.done]
-            dense = max((r.get("params_dense", 0) for r in self.done), default=0)
-            n_done, n_run, n_fail = len(self.done), len(self.running), len(self.failures)
-        elapsed = time.time() - self.t0
-        left = self.total - self.already - n_done
-        eta = f"~{elapsed / n_done * left:,.0f}s left" if n_done and left > 0 else ""
-        t = Table.grid(padding=(0, 2))
-        t.add_row(
-            f"[bold]trials[/] {self.already + n_done}/{self.total} done",
-            f"{n_run} running",
-            f"[red]{n_fail} failed[/]" if n_fail else "0 failed",
-            f"front: {len(pareto_front(pts))}",
-            f"{elapsed:,.0f}s elapsed",
-            eta,
-        )
-        if dense:
-            fracs = (0.01, 0.05, 0.25, 1.0)
-            best = best_under_budgets(pts, [dense * f for f in fracs])
-            t.add_row(
-                *(
-                    f"≤{100 * f:g}% params: "
-                    + (f"{from_score(self.metric, v):.3f}" if (v := best[dense * f]) else "–")
-                    for f in fracs
-                ),
-                "",
-                "",
-            )
-        return t
-
-    def line(self, r: dict[str, Any]) -> str:
-        """Non-TTY progress: one line per completed trial (for logs and CI)."""
-        return (
-            f"[prunetune] trial {int(r['trial_number'])} done: {self.metric}="
-            f"{r[self.metric]:.4g} params={int(r['params'])} ({100 * r['density']:.2f}%) "
-            f"in {r.get('seconds', 0):.1f}s"
-        )
-
-
-def _tune_hooks(live: Live, mirror: Any, checkpoints: dict[str, str], lines: bool) -> list[Any]:
-    """The driver's Tune callback (live view + MLflow mirror) and the failure stopper.
-
-    Tune pickles its run config: both hold their state as attributes that pickling drops
-    (it lives in this process only), never in closures.
-    """
+# -- the driver: one Tune callback feeds the live view and the MLflow mirror -------------------
+def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> Any:
+    """The driver's Tune callback and stopper: counts, timings and the live view of its trials,
+    the mirror's events and each trial's checkpoint for the searcher. Tune pickles its run
+    config; the state lives in this process only (pickling drops it), never in closures."""
     from ray.tune import Callback
     from ray.tune.stopper import Stopper
 
-    class Driver(Callback):
-        def __init__(self, live: Live, mirror: Any, checkpoints: dict, lines: bool) -> None:
-            self.live, self.mirror, self.checkpoints, self.lines = live, mirror, checkpoints, lines
+    class Driver(Callback, Stopper):
+        def __init__(self, total: int, already: int, spec: Any, mirror: Any, lines: bool) -> None:
+            self.total, self.already, self.metric = total, already, spec.metric
+            self.max_failures, self.mirror, self.lines = spec.search.max_failures, mirror, lines
+            self.t0 = time.time()
+            self.running: dict[str, float] = {}
+            self.done: list[dict[str, Any]] = []
+            self.failures: list[str] = []
+            self.timings: list[dict[str, float]] = []
+            self.checkpoints: dict[str, str] = {}  # Tune trial id → checkpoint path
 
         def __getstate__(self) -> dict[str, Any]:
             return {}
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.live.started(trial.trial_id)
-            if self.mirror is not None:
-                c = trial.config
-                self.mirror.trial_started(int(c["trial_number"]), c["trial_config"])
+            self.running[trial.trial_id] = time.time()
+            if self.mirror:
+                self.mirror.trial_started(_number(trial), trial.config["trial_config"])
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # fmt: skip
-            if self.mirror is not None:
-                rows = result.get("epoch_rows")
-                self.mirror.trial_epochs(int(trial.config["trial_number"]), rows)
+            if self.mirror:
+                self.mirror.trial_epochs(_number(trial), result.get("epoch_rows"))
 
         def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:  # fmt: skip
             self.checkpoints[trial.trial_id] = checkpoint.path
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            r, number = trial.last_result or {}, int(trial.config["trial_number"])
+            r = trial.last_result or {}
             if not r.get("final"):
-                self.on_trial_error(iteration, trials, trial, why="ended without a final result")
-                return
-            self.live.completed(trial.trial_id, r)
-            if self.lines:
-                print(self.live.line(r), file=sys.stderr, flush=True)
-            if self.mirror is not None:
-                self.mirror.trial_finished(number, _final_metrics(r), trial.checkpoint)
+                return self.on_trial_error(iteration, trials, trial, why="no final result")
+            start = self.running.pop(trial.trial_id, time.time())
+            self.done.append(r)
+            self.timings.append(
+                {"driver_seconds": time.time() - start, "train_seconds": r["seconds"]}
+            )
+            if self.lines:  # no terminal: one line per trial, for logs and CI
+                print(
+                    f"[prunetune] trial {_number(trial)} done: {self.metric}="
+                    f"{r[self.metric]:.4g} params={int(r['params'])} "
+                    f"({100 * r['density']:.2f}%) in {r.get('seconds', 0):.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if self.mirror:
+                self.mirror.trial_finished(_number(trial), final_metrics(r), trial.checkpoint)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, why: str = "", **info: Any) -> None:  # fmt: skip
-            msg = why or _error_summary(trial)
-            self.live.errored(trial.trial_id, msg)
-            if self.mirror is not None:
-                self.mirror.trial_failed(int(trial.config["trial_number"]), msg)
+            self.running.pop(trial.trial_id, None)
+            self.failures.append(why or _error_summary(trial))
+            if self.mirror:
+                self.mirror.trial_failed(_number(trial), self.failures[-1])
 
-    class FailureStopper(Stopper):
-        def __init__(self, live: Live, mirror: Any) -> None:
-            self.live, self.mirror = live, mirror
+        def render(self) -> Any:
+            """The live view: progress, failures, front size, best metric per budget, ETA."""
+            from rich.table import Table
 
-        def __getstate__(self) -> dict[str, Any]:
-            return {}
+            from prunetune.search._objective import to_score
+            from prunetune.search.pareto import best_under_budgets, pareto_front
+
+            done = list(self.done)
+            pts = [(to_score(self.metric, r[self.metric]), r["params"]) for r in done]
+            elapsed, left = time.time() - self.t0, self.total - self.already - len(done)
+            t = Table.grid(padding=(0, 2))
+            t.add_row(
+                f"[bold]trials[/] {self.already + len(done)}/{self.total} done",
+                f"{len(self.running)} running",
+                f"[red]{len(self.failures)} failed[/]" if self.failures else "0 failed",
+                f"front: {len(pareto_front(pts))}",
+                f"{elapsed:,.0f}s elapsed"
+                + (f", ~{elapsed / len(done) * left:,.0f}s left" if done and left > 0 else ""),
+            )
+            if dense := max((r.get("params_dense", 0) for r in done), default=0):
+                best = best_under_budgets(pts, [dense * f for f in (0.01, 0.05, 0.25, 1.0)])
+                t.add_row(
+                    *(
+                        f"≤{100 * b / dense:g}% params: {_fmt(self.metric, v)}"
+                        for b, v in best.items()
+                    )
+                )
+            return t
 
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-            return False
+            return False  # as a Stopper: trials run to the end ...
 
-        def stop_all(self) -> bool:
+        def stop_all(self) -> bool:  # ... the study stops past max_failures or a dead mirror
             broken = self.mirror is not None and self.mirror.error is not None
-            return broken or len(self.live.failures) > self.live.max_failures
+            return broken or len(self.failures) > self.max_failures
 
-    return [Driver(live, mirror, checkpoints, lines), FailureStopper(live, mirror)]
-
-
-_TUNE_KEYS = ("epoch_rows", "trial_number", "node_id", "worker_start", "worker_end", "final")
+    return Driver(total, already, spec, mirror, lines)
 
 
-def _final_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    from prunetune.search._record import _plain
+def _fmt(metric: str, score: float | None) -> str:
+    return "–" if score is None else f"{(score if MAXIMIZE[metric] else -score):.3f}"
 
-    return _plain({k: v for k, v in result.items() if k not in _TUNE_KEYS})
+
+def _number(trial: Any) -> int:
+    return int(trial.config["trial_number"])
 
 
 def _error_summary(trial: Any) -> str:
-    """``'FileNotFoundError: …'`` from a failed Tune trial's stored traceback."""
-    text = ""
-    try:
-        local = trial.error_file  # the driver's staging copy, written before callbacks run
-        text = Path(local).read_text() if local and Path(local).exists() else trial.get_error()
-    except Exception:  # the error file may be gone; the failure itself is what matters
-        pass
-    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
-    pat = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
-    for ln in reversed(lines):
-        if pat.match(ln) and "RayTaskError" not in ln:
-            return ln[:500]
-    return lines[-1][:500] if lines else "unknown error"
+    """``'FileNotFoundError: …'``: the last exception line of a failed trial's traceback (the
+    driver's staging copy, written before callbacks run)."""
+    path = Path(trial.error_file or "/nonexistent")
+    lines = path.read_text().splitlines() if path.is_file() else []
+    pat = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
+    found = [ln.strip() for ln in lines if pat.match(ln) and "RayTaskError" not in ln]
+    return (found or [ln for ln in lines if ln.strip()] or ["unknown error"])[-1].strip()[:500]
 
 
 def _ray_init(address: str | None) -> None:
@@ -336,31 +277,28 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             grace=spec.search.heartbeat_grace,
         )
         mirror.start(study)  # the parent run is written while Ray starts the workers
-    live = Live(n_trials, complete, spec.metric, spec.search.max_failures)
+    tty = opts.progress and sys.stderr.isatty()
+    driver = _driver(n_trials, complete, spec, mirror, lines=opts.progress and not tty)
     view = searcher = None
     status = "FAILED"
     try:
         if complete < n_trials:
             _ray_init(opts.ray_address)
-            checkpoints: dict[str, str] = {}
-            _, metrics, modes = objectives(spec.metric)
             searcher = searcher_class()(
                 space=partial(_define_by_run, vspec=vspec),
-                metric=metrics,
-                mode=modes,
+                metric=[spec.metric, "params"],
+                mode=["max" if MAXIMIZE[spec.metric] else "min", "min"],
                 # a resumed study reseeds, so as not to replay the first run's draws
                 sampler=make_sampler(vspec, seed_offset=len(study.trials)),
                 study_name=study_name,
                 storage=rdb,
                 n_trials=n_trials,
-                checkpoints=checkpoints,
+                checkpoints=driver.checkpoints,
                 session=session,
             )
-            res = spec.search.resources
             from prunetune.search._worker import trainable
 
-            tty = opts.progress and sys.stderr.isatty()
-            driver, stopper = _tune_hooks(live, mirror, checkpoints, opts.progress and not tty)
+            res = spec.search.resources
             tuner = tune.Tuner(
                 tune.with_resources(
                     tune.with_parameters(trainable, threads=max(1, int(res.cpu))),
@@ -376,15 +314,15 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                     name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{session[:6]}",
                     storage_path=opts.storage_path or str(workdir / "ray_results"),
                     verbose=0,
-                    stop=stopper,
+                    stop=driver,
                     callbacks=[driver],
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
             if tty:
-                from rich.live import Live as RichLive
+                from rich.live import Live
 
-                view = RichLive(live.render(), refresh_per_second=2, get_renderable=live.render)
+                view = Live(driver.render(), refresh_per_second=2, get_renderable=driver.render)
                 view.start()
             tuner.fit()
         status = "FINISHED" if _count(study, "COMPLETE") >= n_trials else "FAILED"
@@ -399,27 +337,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             except Exception:
                 if status == "FINISHED":
                     raise
-    return _outcome(vspec, opts, study, study_name, storage, tracking_uri, mirror, live, t0)
-
-
-def _count(study: Any, state: str) -> int:
-    return sum(t.state.name == state for t in study.get_trials(deepcopy=False))
-
-
-def _outcome(
-    vspec: ValidatedSpec,
-    opts: RunOptions,
-    study: Any,
-    study_name: str,
-    storage: str,
-    tracking_uri: str | None,
-    mirror: Any,
-    live: Live,
-    t0: float,
-) -> StudyOutcome:
     from prunetune.search._front import front_of_study
 
-    spec = vspec.spec
     front = front_of_study(study, mirror.runs if mirror is not None else None)
     rows = [
         {
@@ -444,8 +363,8 @@ def _outcome(
         trials=rows,
         front=[r for r in rows if r["trial"] in on_front],
         wall_seconds=time.time() - t0,
-        trial_timings=live.timings,
-        results=list(live.done),
+        trial_timings=driver.timings,
+        results=list(driver.done),
     )
     register = spec.tracking.register_models if opts.register is None else opts.register
     if mirror is not None and register and rows:
@@ -457,10 +376,10 @@ def _outcome(
         outcome.registered = register_study(
             tracking_uri, study_name, min_val_accuracy=floor, storage=storage
         )
-    if len(live.failures) > spec.search.max_failures:
+    if len(driver.failures) > spec.search.max_failures:
         raise StudyFailed(
-            f"{len(live.failures)} trials failed (search.max_failures is "
-            f"{spec.search.max_failures}); last error: {live.failures[-1]}",
+            f"{len(driver.failures)} trials failed (search.max_failures is "
+            f"{spec.search.max_failures}); last error: {driver.failures[-1]}",
             outcome,
         )
     if mirror is not None and mirror.error is not None:
@@ -468,11 +387,8 @@ def _outcome(
     return outcome
 
 
-__all__ = [
-    "RunOptions",
-    "StudyFailed",
-    "StudyOutcome",
-    "prepare_study",
-    "resolve_storage",
-    "run_study",
-]
+def _count(study: Any, state: str) -> int:
+    return sum(t.state.name == state for t in study.get_trials(deepcopy=False))
+
+
+__all__ = ["RunOptions", "StudyFailed", "StudyOutcome", "run_study"]

@@ -1,19 +1,13 @@
-"""MLflow mirror of a study: one parent run, one nested run per trial, written by the driver.
+"""MLflow mirror of a study, written by the driver: one parent run, one nested run per trial.
 
-The Optuna study is the record; :class:`StudyMirror` copies it to MLflow for people and for
-the registry, keyed by trial number. Trial processes never import MLflow: they report through
-Ray Tune, and the driver's Tune callback (``runner``) hands each event to the mirror, which
-writes on its own thread in order, so the Tune event loop never waits for the store.
-
-Parent run: the spec as params and ``spec/spec.json`` (plus the YAML it came from); tags
-``prunetune.study``, ``study``, ``dataset``, ``sampler``, ``optuna_storage``; after trials
-complete, ``pareto_front.{csv,json}`` (``.png``/``.html`` at the end), the metric
-``hypervolume`` at step = trials complete, and ``pareto=true`` on exactly the front's runs.
-
-Child run ``trial-NNNN``: the trial config as params, per-epoch metrics (step = epoch), final
-metrics and per-layer density, and the files of the trial's checkpoint (``model/weights.pt``,
-a state dict ``torch.load(weights_only=True)`` reads, ``model/masks.pt``, ``model/arch.json``,
-``model/kept_units.json``, ``metrics/config/history/per_layer.json``).
+The Optuna study is the record; :class:`StudyMirror` copies it to MLflow, keyed by trial
+number, on its own thread (the Tune event loop never waits for the store). Trial processes
+never import MLflow. Parent run: the spec (params, ``spec/``), tags ``prunetune.study``,
+``dataset``, ``sampler``, ``optuna_storage``; the front (``pareto_front.{csv,json,png,html}``,
+``hypervolume`` at step = trials complete, ``pareto=true`` on the front's runs). Child run
+``trial-NNNN``: the config as params, per-epoch metrics (step = epoch), final metrics, per-layer
+density and the checkpoint's files (``model/{weights,masks}.pt`` — tensors only —
+``model/{arch,kept_units}.json``, ``{metrics,config,history,per_layer}.json``).
 
 Example:
     >>> mirror = StudyMirror("sqlite:////tmp/s/mlflow.db", "s", "s", spec={}, storage="…")
@@ -28,7 +22,6 @@ import contextlib
 import json
 import logging
 import queue
-import shutil
 import tempfile
 import threading
 import time
@@ -49,17 +42,13 @@ class StudyMirror:
 
     Args:
         tracking_uri: absolute URI from :func:`resolve_tracking_uri`.
-        experiment: MLflow experiment (created if absent; beside a SQLite store its artifacts
-            go to ``<db dir>/mlartifacts``).
+        experiment: MLflow experiment (created if absent; artifacts beside a SQLite store).
         study_name: the study; its parent run (tag ``prunetune.study``) is resumed if present.
-        spec: the validated study spec as a mapping.
-        storage: the Optuna storage URL (tag ``optuna_storage``: the registry reads the front
-            from there).
-        spec_path: the YAML file the spec came from, logged beside ``spec.json``.
-        tags: extra parent-run tags.
-        explain: log interpretability figures for the final front's runs.
-        session: the driver session whose trials this mirror writes (the searcher's).
-        grace: seconds after which a silent driver is gone (``search.heartbeat_grace``).
+        spec: the validated study spec as a mapping; ``spec_path`` the YAML it came from.
+        storage: the Optuna storage URL (the registry reads the front from there).
+        tags: extra parent-run tags. explain: figures for the final front's runs.
+        session: this driver (the searcher's); grace: seconds after which a silent driver is
+            gone (``search.heartbeat_grace``).
     """
 
     FIGURES_EVERY = 60.0  # seconds between front figures while trials run (they cost ~1.5 s)
@@ -94,7 +83,7 @@ class StudyMirror:
         self._study: Any = None
         self._c: Any = None
         self._figures_at = 0.0
-        self._on_front: set[int] = set()
+        self._on_front: set[str] = set()  # run ids tagged pareto=true
         self._q: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="mlflow-mirror", daemon=True)
 
@@ -109,8 +98,7 @@ class StudyMirror:
         self._put(self._trial_started, number, dict(config))
 
     def trial_epochs(self, number: int, rows: list[Mapping[str, Any]]) -> None:
-        """Per-epoch rows (``epoch`` is the step)."""
-        if rows:
+        if rows:  # per-epoch rows; ``epoch`` is the step
             self._put(self._trial_epochs, number, list(rows))
 
     def trial_finished(self, number: int, metrics: Mapping[str, Any], checkpoint: Any) -> None:
@@ -123,17 +111,15 @@ class StudyMirror:
         self._put(self._trial_failed, number, reason, status)
 
     def close(self, status: str = "FINISHED") -> None:
-        """Write what is queued, publish the final front (figures, explanations), end the
-        parent run with ``status``.
+        """Write what is queued and the final front, end the parent run with ``status``.
 
         Raises:
             ValueError: ``status`` is not FINISHED, FAILED or KILLED.
-            Exception: the first write that failed.
+            Exception: starting the mirror failed.
         """
         if status not in _RUN_STATUSES:
             raise ValueError(f"status must be one of {list(_RUN_STATUSES)}, but got {status!r}.")
         if self._thread.is_alive():
-            self._put(self._publish, True)
             self._put(self._end, status)
             self._q.put(None)
             self._thread.join()
@@ -176,11 +162,9 @@ class StudyMirror:
             new = {k: v for k, v in params.items() if k not in old}
             M.log_batch(c, self.parent_run_id, params=new, tags=tags)
             self._backfill(parent)
-        with tempfile.TemporaryDirectory(prefix="prunetune-spec-") as tmp:
-            (Path(tmp) / "spec.json").write_text(json.dumps(self.spec, indent=2, default=str))
-            if self.spec_path and Path(self.spec_path).is_file():
-                shutil.copyfile(self.spec_path, Path(tmp) / "study.yaml")
-            c.log_artifacts(self.parent_run_id, tmp, "spec")
+        c.log_dict(self.parent_run_id, self.spec, "spec/spec.json")
+        if self.spec_path and Path(self.spec_path).is_file():
+            c.log_artifact(self.parent_run_id, self.spec_path, "spec")
 
     def _parent_tags(self) -> dict[str, str]:
         search = self.spec.get("search") or {}
@@ -219,6 +203,8 @@ class StudyMirror:
                 if run is not None:
                     self.runs[t.number] = run.info.run_id
                     self._steps.setdefault(t.number, 0)
+                    if run.data.tags.get(M.TAG_PARETO) == "true":
+                        self._on_front.add(run.info.run_id)
                 state, status = t.state.name, run.info.status if run is not None else None
                 if state == "COMPLETE" and status != "FINISHED":
                     driver = t.user_attrs.get(ATTR_DRIVER)
@@ -239,13 +225,12 @@ class StudyMirror:
     def _trial_started(self, number: int, config: dict[str, Any]) -> None:
         if number in self.runs:
             return
-        method = (config.get("method") or {}).get("name", "")
         tags = {
             M.TAG_PARENT: self.parent_run_id,
             M.TAG_STUDY: self.study_name,
             M.TAG_ROLE: "trial",
             M.TAG_TRIAL: str(number),
-            "method": str(method),
+            "method": str((config.get("method") or {}).get("name", "")),
             "dataset": str(config.get("dataset", "")),
         }
         run = self._c.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number:04d}")
@@ -262,20 +247,19 @@ class StudyMirror:
             for k, v in r.items()
             if k != "epoch" and M.is_number(v)
         ]
-        for part in M.chunks(ms, M.MAX_METRICS_PER_BATCH):
-            self._c.log_batch(self.runs[number], metrics=part)
+        self._c.log_batch(self.runs[number], metrics=ms)
         self._steps[number] = max(self._steps[number], *(int(r["epoch"]) for r in rows))
 
     def _trial_finished(self, number: int, metrics: dict[str, Any], checkpoint: Any) -> None:
         run_id, c = self.runs[number], self._c
         with _checkpoint_dir(checkpoint) as d:
             if d is not None:
-                config = _read_json(d / "config.json") or {}
+                config = json.loads((d / "config.json").read_text())
                 done = set(c.get_run(run_id).data.params)
                 M.log_batch(
                     c, run_id, params={k: v for k, v in M.flatten(config).items() if k not in done}
                 )
-                for layer, stats in (_read_json(d / "per_layer.json") or {}).items():
+                for layer, stats in json.loads((d / "per_layer.json").read_text()).items():
                     metrics.update({f"layer.{layer}.{k}": v for k, v in stats.items()})
                 c.log_artifacts(run_id, str(d))
         # at the last epoch's step, after the epoch rows: the run's latest values are final
@@ -283,8 +267,7 @@ class StudyMirror:
         c.set_terminated(run_id, "FINISHED")
 
     def _trial_failed(self, number: int, reason: str, status: str) -> None:
-        if number in self.runs:
-            run_id = self.runs[number]
+        if (run_id := self.runs.get(number)) is not None:
             self._c.set_tag(run_id, M.TAG_FAILURE, str(reason)[: M.MAX_TAG_LENGTH])
             self._c.set_terminated(run_id, status)
 
@@ -292,36 +275,25 @@ class StudyMirror:
         """The front, from the record, onto the parent run and the trials' ``pareto`` tags."""
         from prunetune.search._front import front_of_study, write_front_files
 
-        if self.parent_run_id is None:
-            return
+        if not final and any(item and item[0] == self._publish for item in list(self._q.queue)):
+            return  # a later update is queued: publish once, for both
         c, front = self._c, front_of_study(self._study, self.runs)
         on = front.front_run_ids
-        for n, run_id in self.runs.items():
-            was = n in self._on_front
-            if (run_id in on) != was:
-                if run_id in on:
-                    c.set_tag(run_id, M.TAG_PARETO, "true")
-                else:
-                    c.delete_tag(run_id, M.TAG_PARETO)
-        self._on_front = {n for n, r in self.runs.items() if r in on}
+        for run_id in on - self._on_front:
+            c.set_tag(run_id, M.TAG_PARETO, "true")
+        for run_id in self._on_front - on:
+            c.delete_tag(run_id, M.TAG_PARETO)
+        self._on_front = set(on)
         figures = final or time.monotonic() - self._figures_at > self.FIGURES_EVERY
         with tempfile.TemporaryDirectory(prefix="prunetune-front-") as tmp:
             write_front_files(front, Path(tmp), figures=figures)
             c.log_artifacts(self.parent_run_id, tmp)
         if figures:
             self._figures_at = time.monotonic()
-        M.log_batch(
-            c,
-            self.parent_run_id,
-            metrics={
-                "hypervolume": front.hypervolume,
-                "pareto_size": len(front.front),
-                "trials_finished": front.finished,
-                "trials_failed": front.failed,
-            },
-            step=front.finished,
-            tags={"hypervolume_reference": json.dumps(list(front.reference))},
-        )
+        counts = {"pareto_size": len(front.front), "trials_failed": front.failed}
+        metrics = {"hypervolume": front.hypervolume, "trials_finished": front.finished, **counts}
+        reference = {"hypervolume_reference": json.dumps(list(front.reference))}
+        M.log_batch(c, self.parent_run_id, metrics=metrics, step=front.finished, tags=reference)
         if final and self.explain:
             from prunetune.search.explain import log_explanations
 
@@ -332,28 +304,22 @@ class StudyMirror:
                     log.warning("explaining run %s failed: %s", run_id, e)
 
     def _end(self, status: str) -> None:
-        if self.parent_run_id is not None:
-            self._backfill(self._c.get_run(self.parent_run_id), final=True)
-            self._c.set_terminated(self.parent_run_id, status)
+        self._backfill(self._c.get_run(self.parent_run_id), final=True)
+        self._publish(final=True)
+        self._c.set_terminated(self.parent_run_id, status)
 
 
 @contextlib.contextmanager
 def _checkpoint_dir(cp: Any) -> Iterator[Path | None]:
-    """A local directory with a checkpoint's files, from ``None``, a path, or a Tune
-    Checkpoint (downloaded when it lives on shared storage)."""
+    """The checkpoint's files in a local directory: from ``None``, a local path, or a Tune
+    Checkpoint or its URI (downloaded when it lives on shared storage)."""
     if cp is None or (isinstance(cp, str | Path) and Path(cp).is_dir()):
         yield None if cp is None else Path(cp)
         return
-    if isinstance(cp, str | Path):
-        from ray.tune import Checkpoint
+    from ray.tune import Checkpoint
 
-        cp = Checkpoint(str(cp))
-    with cp.as_directory() as d:
+    with (cp if isinstance(cp, Checkpoint) else Checkpoint(str(cp))).as_directory() as d:
         yield Path(d)
-
-
-def _read_json(p: Path) -> Any:
-    return json.loads(p.read_text()) if p.is_file() else None
 
 
 __all__ = ["StudyMirror", "resolve_tracking_uri"]

@@ -37,9 +37,8 @@ def study_front_for(
     """
     from dataclasses import replace
 
-    from prunetune.search._front import front_of_study
+    from prunetune.search._front import front_of_study, load_study
     from prunetune.search._mlflow import TAG_STUDY, TAG_TRIAL, trial_runs
-    from prunetune.search._record import load_study
 
     name = parent.data.tags.get(TAG_STUDY, "")
     url = storage or parent.data.tags.get("optuna_storage")

@@ -57,7 +57,7 @@ def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> d
         ATTR_CONFIG,
         ATTR_REFERENCE,
         ATTR_RESULT,
-        _plain,
+        final_metrics,
     )
     from prunetune.search.tracking import StudyMirror
     from prunetune.search.trial import run_trial
@@ -79,7 +79,7 @@ def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> d
                 values=[res.metrics["val_accuracy"], res.metrics["params"]],
                 user_attrs={
                     ATTR_CONFIG: cfg,
-                    ATTR_RESULT: _plain(res.metrics),
+                    ATTR_RESULT: final_metrics(res.metrics),
                     ATTR_CHECKPOINT: str(ckpt),
                 },
             )
@@ -92,7 +92,9 @@ def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> d
     for n, (cfg, res) in enumerate(zip(configs, results, strict=True)):
         mirror.trial_started(n, cfg)
         mirror.trial_epochs(n, res.history)
-        mirror.trial_finished(n, _plain(res.metrics), str(workdir / "checkpoints" / f"trial-{n}"))
+        mirror.trial_finished(
+            n, final_metrics(res.metrics), str(workdir / "checkpoints" / f"trial-{n}")
+        )
     mirror.close()
     return {"uri": uri, "storage": storage, "mirror": mirror, "results": results, "study": study}
 

@@ -19,7 +19,7 @@ import torch
 from mlflow import MlflowClient
 
 from prunetune.search._mlflow import param_value, resolve_tracking_uri
-from prunetune.search._record import ATTR_CHECKPOINT, ATTR_CONFIG, ATTR_RESULT, _plain
+from prunetune.search._record import ATTR_CHECKPOINT, ATTR_CONFIG, ATTR_RESULT, final_metrics
 from prunetune.search.tracking import StudyMirror
 from prunetune.search.trial import run_trial
 
@@ -159,7 +159,7 @@ def test_resume_backfills_what_a_killed_driver_left_out(tmp_path, make_study):
             values=[res.metrics["val_accuracy"], res.metrics["params"]],
             user_attrs={
                 ATTR_CONFIG: cfg,
-                ATTR_RESULT: _plain(res.metrics),
+                ATTR_RESULT: final_metrics(res.metrics),
                 ATTR_CHECKPOINT: str(ckpt),
                 "driver": dead,
             },

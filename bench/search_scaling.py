@@ -119,7 +119,7 @@ def main() -> None:
         t_runner, configs, out, phases = runner_round()
         # (a): the same trials with the same per-trial resources as the runner gives them
         t_seq, seq = sequential(configs, 1)
-        overheads += [tm["driver_seconds"] - tm["train_seconds"] for tm in out.trial_timings]
+        overheads += out.overheads
         first: dict[int, dict] = {}  # each worker process's first trial
         for res in sorted(out.results, key=lambda x: x["worker_start"]):
             first.setdefault(res["pid"], res)

@@ -80,9 +80,8 @@ def resolve_tracking_uri(uri: str | None, workdir: str | os.PathLike[str]) -> st
 
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else ``None``."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///") :].split("?")[0])
+    path = tracking_uri.removeprefix("sqlite:///")
+    return Path(path.split("?")[0]) if path != tracking_uri else None
 
 
 def existing_client(tracking_uri: str) -> MlflowClient:

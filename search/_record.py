@@ -41,8 +41,7 @@ def open_storage(url: str, grace_seconds: float) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Optuna marks heartbeats (meant for Study.optimize), metric names and fail_stale_trials
-    # experimental; a driver beating for its workers needs them, so the warnings are noise.
+    # Heartbeats (meant for Study.optimize), metric names, fail_stale_trials: "experimental".
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     interval = max(1, int(grace_seconds // 4))
@@ -138,9 +137,6 @@ def searcher_class() -> type:
         def save(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "w") as f:
                 json.dump({"optuna_study": self._study_name, "state": "in the Optuna storage"}, f)
-
-        def restore(self, checkpoint_path: str) -> None:
-            raise NotImplementedError("prunetune resumes studies from the Optuna storage")
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             now = time.monotonic()

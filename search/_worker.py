@@ -20,11 +20,8 @@ def trainable(config: dict[str, Any], *, threads: int) -> None:
 
     t_start = time.time()
     number = int(config["trial_number"])
-    cfg = {
-        **config["trial_config"],
-        "device": "cuda" if ray.get_gpu_ids() else "cpu",
-        "threads": threads,
-    }
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    cfg = {**config["trial_config"], "device": device, "threads": threads}
     rows: list[dict[str, float]] = []
     last = [-float("inf")]
 

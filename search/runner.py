@@ -71,7 +71,7 @@ class StudyOutcome:
     front: list[dict[str, Any]]
     registered: list[Any] = field(default_factory=list)
     wall_seconds: float = 0.0
-    trial_timings: list[dict[str, float]] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)  # per trial: driver time − training
     results: list[dict[str, Any]] = field(default_factory=list)  # final Tune results of this run
 
 
@@ -99,14 +99,16 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
             self.running: dict[str, float] = {}
             self.done: list[dict[str, Any]] = []
             self.failures: list[str] = []
-            self.timings: list[dict[str, float]] = []
+            self.overheads: list[float] = []  # seconds per trial: the driver's view − training
             self.checkpoints: dict[str, str] = {}  # Tune trial id → checkpoint path
+            self.peak, self.tail = 0, False  # most trials run at once; the study's tail began
 
         def __getstate__(self) -> dict[str, Any]:
             return {}
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.running[trial.trial_id] = time.time()
+            self.peak = max(self.peak, len(self.running))
             if self.mirror:
                 self.mirror.trial_started(_number(trial), trial.config["trial_config"])
 
@@ -123,19 +125,17 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
                 return self.on_trial_error(iteration, trials, trial, why="no final result")
             start = self.running.pop(trial.trial_id, time.time())
             self.done.append(r)
-            self.timings.append(
-                {"driver_seconds": time.time() - start, "train_seconds": r["seconds"]}
-            )
+            self.overheads.append(time.time() - start - r["seconds"])  # the trial's, not training
             if self.lines:  # no terminal: one line per trial, for logs and CI
-                print(
-                    f"[prunetune] trial {_number(trial)} done: {self.metric}="
-                    f"{r[self.metric]:.4g} params={int(r['params'])} "
-                    f"({100 * r['density']:.2f}%) in {r.get('seconds', 0):.1f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                m, d = f"{self.metric}={r[self.metric]:.4g}", f"{100 * r['density']:.2f}%"
+                msg = f"trial {_number(trial)} done: {m} params={int(r['params'])} ({d})"
+                print(f"[prunetune] {msg} in {r['seconds']:.1f}s", file=sys.stderr, flush=True)
             if self.mirror:
                 self.mirror.trial_finished(_number(trial), final_metrics(r), trial.checkpoint)
+                started = self.already + len(self.done) + len(self.running)
+                if not self.tail and started >= self.total and len(self.running) < self.peak:
+                    self.tail = True  # every trial has started and a core idles for good
+                    self.mirror.tail()
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, why: str = "", **info: Any) -> None:  # fmt: skip
             self.running.pop(trial.trial_id, None)
@@ -363,7 +363,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         trials=rows,
         front=[r for r in rows if r["trial"] in on_front],
         wall_seconds=time.time() - t0,
-        trial_timings=driver.timings,
+        overheads=driver.overheads,
         results=list(driver.done),
     )
     register = spec.tracking.register_models if opts.register is None else opts.register

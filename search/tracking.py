@@ -34,8 +34,6 @@ from prunetune.search._mlflow import resolve_tracking_uri
 
 log = logging.getLogger("prunetune.tracking")
 
-_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
 
 class StudyMirror:
     """Driver side: mirrors the Optuna study ``study_name`` into MLflow.
@@ -84,6 +82,8 @@ class StudyMirror:
         self._c: Any = None
         self._figures_at = 0.0
         self._on_front: set[str] = set()  # run ids tagged pareto=true
+        self._explained: set[str] = set()
+        self._figured: set[str] | None = None  # the front the figures show
         self._q: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="mlflow-mirror", daemon=True)
 
@@ -107,6 +107,10 @@ class StudyMirror:
         self._put(self._trial_finished, number, dict(metrics), checkpoint)
         self._put(self._publish, False)
 
+    def tail(self) -> None:
+        """No trial will start any more and a core idles: figures and explanations now."""
+        self._put(self._publish, True)
+
     def trial_failed(self, number: int, reason: str, status: str = "FAILED") -> None:
         self._put(self._trial_failed, number, reason, status)
 
@@ -117,8 +121,8 @@ class StudyMirror:
             ValueError: ``status`` is not FINISHED, FAILED or KILLED.
             Exception: starting the mirror failed.
         """
-        if status not in _RUN_STATUSES:
-            raise ValueError(f"status must be one of {list(_RUN_STATUSES)}, but got {status!r}.")
+        if status not in (ok := ("FINISHED", "FAILED", "KILLED")):
+            raise ValueError(f"status must be one of {list(ok)}, but got {status!r}.")
         if self._thread.is_alive():
             self._put(self._end, status)
             self._q.put(None)
@@ -284,24 +288,27 @@ class StudyMirror:
         for run_id in self._on_front - on:
             c.delete_tag(run_id, M.TAG_PARETO)
         self._on_front = set(on)
-        figures = final or time.monotonic() - self._figures_at > self.FIGURES_EVERY
+        # figures (~1 s of CPU) at most every FIGURES_EVERY while trials run, then once per front
+        due = time.monotonic() - self._figures_at > self.FIGURES_EVERY
+        figures = (final and on != self._figured) or (not final and due)
         with tempfile.TemporaryDirectory(prefix="prunetune-front-") as tmp:
             write_front_files(front, Path(tmp), figures=figures)
             c.log_artifacts(self.parent_run_id, tmp)
         if figures:
-            self._figures_at = time.monotonic()
+            self._figures_at, self._figured = time.monotonic(), set(on)
         counts = {"pareto_size": len(front.front), "trials_failed": front.failed}
         metrics = {"hypervolume": front.hypervolume, "trials_finished": front.finished, **counts}
         reference = {"hypervolume_reference": json.dumps(list(front.reference))}
         M.log_batch(c, self.parent_run_id, metrics=metrics, step=front.finished, tags=reference)
-        if final and self.explain:
+        if final and self.explain:  # each run of a final (or tail) front once
             from prunetune.search.explain import log_explanations
 
-            for run_id in sorted(on):
+            for run_id in sorted(on - self._explained):
                 try:
                     log_explanations(run_id, self.tracking_uri)
                 except Exception as e:  # figures are a bonus; never fail the study for them
                     log.warning("explaining run %s failed: %s", run_id, e)
+                self._explained.add(run_id)
 
     def _end(self, status: str) -> None:
         self._backfill(self._c.get_run(self.parent_run_id), final=True)

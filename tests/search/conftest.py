@@ -46,19 +46,29 @@ def write_spec(path: Path, spec: dict) -> Path:
     return path
 
 
+def record_trial(study, cfg: dict, res, checkpoint: Path) -> None:
+    """Tell a finished trial to the record as the runner's searcher does (its driver gone)."""
+    import optuna
+
+    from prunetune.search._record import ATTR_CHECKPOINT, ATTR_CONFIG, ATTR_RESULT, final_metrics
+
+    attrs = {
+        ATTR_CONFIG: cfg,
+        ATTR_RESULT: final_metrics(res.metrics),
+        ATTR_CHECKPOINT: str(checkpoint),
+        "driver": "a-driver-that-died",
+    }
+    values = [res.metrics["val_accuracy"], res.metrics["params"]]
+    study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
+
+
 def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> dict:
     """A finished study of real trials without Ray: each config is run here, told to a real
     Optuna storage as the runner's searcher tells it, and mirrored to a real MLflow SQLite
     store by the driver's :class:`StudyMirror`. Returns the stores, the mirror and results."""
     import optuna
 
-    from prunetune.search._record import (
-        ATTR_CHECKPOINT,
-        ATTR_CONFIG,
-        ATTR_REFERENCE,
-        ATTR_RESULT,
-        final_metrics,
-    )
+    from prunetune.search._record import ATTR_REFERENCE, final_metrics
     from prunetune.search.tracking import StudyMirror
     from prunetune.search.trial import run_trial
 
@@ -73,17 +83,7 @@ def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> d
     for n, cfg in enumerate(configs):
         res = run_trial(cfg)
         results.append(res)
-        ckpt = res.save(workdir / "checkpoints" / f"trial-{n}")
-        study.add_trial(
-            optuna.trial.create_trial(
-                values=[res.metrics["val_accuracy"], res.metrics["params"]],
-                user_attrs={
-                    ATTR_CONFIG: cfg,
-                    ATTR_RESULT: final_metrics(res.metrics),
-                    ATTR_CHECKPOINT: str(ckpt),
-                },
-            )
-        )
+        record_trial(study, cfg, res, res.save(workdir / "checkpoints" / f"trial-{n}"))
     dense = max(r.metrics["params_dense"] for r in results)  # the largest model's
     ref = spec.get("objectives", {}).get("reference_point")
     study.set_user_attr(ATTR_REFERENCE, ref or [0.0, dense])
@@ -102,3 +102,8 @@ def record_study(workdir: Path, name: str, spec: dict, configs: list[dict]) -> d
 @pytest.fixture(scope="session")
 def make_study():
     return record_study
+
+
+@pytest.fixture(scope="session")
+def tell_trial():
+    return record_trial

@@ -19,7 +19,6 @@ import torch
 from mlflow import MlflowClient
 
 from prunetune.search._mlflow import param_value, resolve_tracking_uri
-from prunetune.search._record import ATTR_CHECKPOINT, ATTR_CONFIG, ATTR_RESULT, final_metrics
 from prunetune.search.tracking import StudyMirror
 from prunetune.search.trial import run_trial
 
@@ -144,27 +143,14 @@ def test_the_parent_run_mirrors_the_records_front(made, tmp_path):
     assert {f.path for f in c.list_artifacts(mirror.parent_run_id, "spec")} == {"spec/spec.json"}
 
 
-def test_resume_backfills_what_a_killed_driver_left_out(tmp_path, make_study):
+def test_resume_backfills_what_a_killed_driver_left_out(tmp_path, make_study, tell_trial):
     """The record is the truth: a trial Optuna has COMPLETE but MLflow lacks (the driver died
     between tell and the mirror's write) is mirrored from the record and its checkpoint; a
     run left RUNNING whose trial failed ends KILLED. The front's tags follow."""
     made = make_study(tmp_path, "resume", SPEC, CONFIGS[:2])
     study, c = made["study"], MlflowClient(made["uri"])
-    cfg = CONFIGS[2]
-    res = run_trial(cfg)
-    ckpt = res.save(tmp_path / "late")
-    dead = "a-driver-that-died"
-    study.add_trial(
-        optuna.trial.create_trial(
-            values=[res.metrics["val_accuracy"], res.metrics["params"]],
-            user_attrs={
-                ATTR_CONFIG: cfg,
-                ATTR_RESULT: final_metrics(res.metrics),
-                ATTR_CHECKPOINT: str(ckpt),
-                "driver": dead,
-            },
-        )
-    )
+    res = run_trial(CONFIGS[2])
+    tell_trial(study, CONFIGS[2], res, res.save(tmp_path / "late"))
     failed = study.ask()
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
     parent_id = made["mirror"].parent_run_id

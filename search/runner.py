@@ -132,10 +132,11 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
                 print(f"[prunetune] {msg} in {r['seconds']:.1f}s", file=sys.stderr, flush=True)
             if self.mirror:
                 self.mirror.trial_finished(_number(trial), final_metrics(r), trial.checkpoint)
-                started = self.already + len(self.done) + len(self.running)
-                if not self.tail and started >= self.total and len(self.running) < self.peak:
-                    self.tail = True  # every trial has started and a core idles for good
-                    self.mirror.tail()
+                # every trial has started and a core idles for good, or the last one ended
+                idle = (not self.tail and len(self.running) < self.peak) or not self.running
+                if self.already + len(self.done) + len(self.running) >= self.total and idle:
+                    self.tail = True
+                    self.mirror.tail()  # figures and explanations now, not after Tune stops
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, why: str = "", **info: Any) -> None:  # fmt: skip
             self.running.pop(trial.trial_id, None)

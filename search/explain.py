@@ -668,8 +668,8 @@ def _run_dataset(client: Any, run_id: str) -> str | None:
 def load_run_model(
     run_id: str, tracking_uri: str
 ) -> tuple[nn.Sequential, dict[str, Any], dict[str, list[int]] | None, str | None]:
-    """A trial run's compact model from its ``model/`` artifacts (written by
-    ``TrialTracker.finish``): ``(model, arch, kept_units, dataset)``.
+    """A trial run's compact model from its ``model/`` artifacts (the trial's checkpoint,
+    mirrored by the driver): ``(model, arch, kept_units, dataset)``.
 
     Raises:
         ValueError: the run has no ``model/`` artifacts or they do not fit together.

@@ -266,3 +266,36 @@ def test_a_trial_process_never_imports_mlflow(ray_local, tmp_path):
     assert result["loaded"] == []
     cp = grid[0].checkpoint  # weights and hard masks travel as a Tune checkpoint
     assert {"weights.pt", "masks.pt", "arch.json"} <= set(os.listdir(f"{cp.path}/model"))
+
+
+def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):
+    """The live view, from what the driver's callback saw: 1 trial done before this run,
+    2 done now (one on the front of the other), 1 running, 1 failed; best accuracy per budget."""
+    import io
+
+    from rich.console import Console
+
+    from prunetune.search.runner import _driver
+
+    class Trial:
+        def __init__(self, tid: str, n: int, result: dict | None = None) -> None:
+            self.trial_id, self.config, self.last_result = tid, {"trial_number": n}, result
+            self.error_file = None
+
+    spec = parse_spec(tiny_spec).spec
+    d = _driver(total=5, already=1, spec=spec, mirror=None, lines=False)
+    row = {"final": 1, "params_dense": 1000, "density": 0.5, "seconds": 1.0}
+    for tid, n, acc, params in (("a", 1, 0.9, 500), ("b", 2, 0.8, 5)):
+        d.on_trial_start(0, [], Trial(tid, n))
+        d.on_trial_complete(0, [], Trial(tid, n, {**row, "val_accuracy": acc, "params": params}))
+    d.on_trial_start(0, [], Trial("c", 3))
+    d.on_trial_start(0, [], Trial("d", 4))
+    d.on_trial_error(0, [], Trial("d", 4), why="ValueError: boom")
+    out = io.StringIO()
+    Console(file=out, width=200).print(d.render())
+    text = out.getvalue()
+    assert "trials 3/5 done" in text and "1 running" in text and "1 failed" in text
+    assert "front: 2" in text
+    # ≤1% of 1,000 params: only the 5-parameter model (0.800); ≤100%: the best (0.900)
+    assert "≤1% params: 0.800" in text and "≤100% params: 0.900" in text
+    assert d.failures == ["ValueError: boom"] and not d.stop_all()  # max_failures is 3

@@ -6,7 +6,7 @@ Gradient Descent", arXiv:2311.12526: with ``x₁..x₄ ~ U(−1, 1)``,
     y₁ = 3·sin((x₁ − x₂)²),    y₂ = (x₃ + x₄)³.
 
 Each output depends on a disjoint pair of inputs, so a well-pruned network separates into two
-sub-networks ``(x₁, x₂) → y₁`` and ``(x₃, x₄) → y₂`` (see ``prunetune.prune.pathways``).
+sub-networks ``(x₁, x₂) → y₁`` and ``(x₃, x₄) → y₂`` (see ``prunetune.explain``).
 """
 
 from __future__ import annotations

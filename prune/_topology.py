@@ -9,6 +9,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
+#: Modules a sequential model may hold between its prunable layers.
+BETWEEN = (nn.MaxPool2d, nn.ReLU, nn.SiLU, nn.Tanh, nn.GELU, nn.Flatten, nn.Identity, nn.Dropout)
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,7 @@ def prunable_layers(model: nn.Module, input_shape: tuple[int, ...] | list[int]) 
             else:
                 if isinstance(m, nn.Flatten) and x.dim() == 4:
                     repeat = int(x.shape[2] * x.shape[3])
-                elif not isinstance(
-                    m,
-                    nn.MaxPool2d
-                    | nn.ReLU
-                    | nn.SiLU
-                    | nn.Tanh
-                    | nn.GELU
-                    | nn.Flatten
-                    | nn.Identity
-                    | nn.Dropout,
-                ):
+                elif not isinstance(m, BETWEEN):
                     raise ValueError(
                         f"layer {i}: {type(m).__name__} is not supported between prunable layers "
                         "(supported: activations, MaxPool2d, Flatten, Dropout)."

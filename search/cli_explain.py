@@ -70,12 +70,8 @@ def explain(
     importance_heatmap.png and importance_per_class.png), symmetry.{csv,md} and
     explanation.md into --out.
     """
-    from prunetune.search.explain import (
-        feature_std,
-        load_run_model,
-        log_files,
-        write_explanations,
-    )
+    from prunetune.explain import UnsupportedModelError, feature_std, write_explanations
+    from prunetune.search.explain import load_run_model, log_files
 
     if (model_uri is None) == (run is None):
         raise _fail("give exactly one of NAME@ALIAS or --run RUN_ID.")
@@ -106,6 +102,8 @@ def explain(
             input_scale=scale,
         )
         logged = log_files(run, turi, files.values()) if run is not None and log else []
+    except UnsupportedModelError as e:  # bad input: a model the analysis cannot read
+        raise _fail(str(e)) from None
     except (ConfigError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e), 1) from None
     comp = json.loads(files["components"].read_text())

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunetune.explain import (
+    UnsupportedModelError,
+    explain,
+    feature_importance,
+    feature_symmetry,
+    pathway_graph,
+)
 from prunetune.models import build_model, cnn_spec, mlp_spec
 from prunetune.prune import (
     FixedMask,
@@ -18,12 +26,6 @@ from prunetune.prune import (
     export_compact,
     make_method,
     prunable_layers,
-)
-from prunetune.prune.pathways import (
-    explain,
-    feature_importance,
-    feature_symmetry,
-    pathway_graph,
 )
 
 
@@ -334,3 +336,47 @@ def test_explain_bundles_everything():
         ((2, 3), (1, 1)),
     ]
     assert math.isclose(float(expl.importance.path_norm.sum()), 3 + 3 + 3 + 3)
+
+
+# --- models that are not a chain ------------------------------------------------------------
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((x + self.bn(self.conv(x))).flatten(1))
+
+
+class _PlainForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x) + 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "got"),
+    [
+        (_Residual(), (1, 4, 4), r"got _Residual with BatchNorm2d layers\.$"),
+        (_PlainForward(), (4,), r"got _PlainForward \(a custom forward, not nn\.Sequential\)\.$"),
+        (
+            nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Sigmoid(), nn.Linear(3, 2)),
+            (4,),
+            r"got Sequential with LayerNorm, Sigmoid layers\.$",
+        ),
+    ],
+)
+@pytest.mark.parametrize("analysis", [pathway_graph, feature_importance, feature_symmetry, explain])
+def test_models_that_are_not_a_chain_get_one_line(model, shape, got, analysis):
+    need = r"^pathway analysis needs a chain of Linear/Conv2d layers \(an nn\.Sequential MLP or CNN"
+    with pytest.raises(UnsupportedModelError, match=need) as info:
+        analysis(model, shape)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    assert re.search(got, str(info.value)), str(info.value)

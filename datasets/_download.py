@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from prunetune._cache import cache_root
+
 __all__ = [
     "IDX_FILE_STEMS",
     "MNIST_BASE_URL",
@@ -73,9 +75,9 @@ def default_cache_dir() -> Path:
 
     Datasets live in sub-directories named after them (``<root>/mnist`` for downloads,
     ``<root>/digits`` for the split cache); the compiled mask kernel in ``<root>/kernels``.
+    The one definition is :func:`prunetune._cache.cache_root`.
     """
-    env = os.environ.get("PRUNETUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prunetune"
+    return cache_root()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

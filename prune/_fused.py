@@ -6,24 +6,42 @@ weight, and per row ``Σ σ(θ)`` and ``Π (1 − σ(θ))`` for the sparsity pen
 ``∂L/∂w`` through the mask and ``∂L/∂θ`` = the straight-through concrete gradient plus the
 penalty's. With ATen ops that is ~20 passes over the logits, and ``torch.rand`` alone costs a
 third of LeNet-300-100's dense step on a CPU (``bench/mask_overhead.py``). Here it is one
-C loop each way.
+C loop each way. Neuron gates (a vector θ, one logit per unit) use the same two calls.
 
-Uniforms come from a counter-based generator, so backward regenerates them instead of storing
-them: ``u_i = (k + ½)·2⁻²³`` with ``k`` the top 23 bits of ``h(h(i + k₀) ⊕ k₁)``, where ``h`` is
-Wellons' 32-bit integer hash "lowbias32" (xorshift-multiply, constants 0x21f0aaad and
-0xd35a2d97 — hash-prospector, 2020) and ``(k₀, k₁)`` a fresh 64-bit key per call drawn from
-torch's global CPU generator. So ``torch.manual_seed`` fixes the noise, each step's noise is
-fresh, ``u`` ∈ (0, 1) and ``1 − u`` are exact floats and ``logit(u)`` needs no clamping.
+**One noise definition.** Both paths below draw the same uniforms, from a counter-based
+generator: ``u_i = (k + ½)·2⁻²³`` with ``k`` the top 23 bits of ``h(h(i + k₀) ⊕ k₁)`` (32-bit
+words, ``i`` the element's row-major index), where ``h`` is Wellons' 32-bit integer hash
+"lowbias32" (xorshift-multiply, constants 0x21f0aaad and 0xd35a2d97 — hash-prospector, 2020)
+and ``(k₀, k₁)`` a fresh 64-bit key per call drawn from torch's global CPU generator
+(:func:`draw_key`), whatever the device. So ``torch.manual_seed`` fixes the noise, each
+step's noise is fresh, ``u`` ∈ (0, 1) and ``1 − u`` are exact float32 values, ``logit(u)``
+needs no clamping, and for one key :func:`uniform` gives the same ``u`` bit for bit in C, on
+CPU ATen ops and on CUDA. The hard masks of the two paths can still differ where ``u`` and
+σ(θ) agree to float precision, because each path rounds σ(θ) its own way: both are within
+1.5·2⁻²⁴ of the exact σ(θ) of the float32 θ (measured over 4·10⁷ θ ∈ [−20, 20]: ½ ulp of
+rounding plus ~1 ulp of computation, and an ulp of a value below 1 is ≤ 2⁻²⁴), so a decision
+can flip only where ``|u − σ(θ)| ≤ 1.5·2⁻²⁴``. The stated bound is **2⁻²²**: a mask bit may
+differ between the paths only where ``|u − σ(θ)| ≤ 2⁻²²`` (σ exact, e.g. in float64), which
+leaves a 2.7x margin for sigmoids that round worse (other vector ISAs, CUDA); elsewhere the
+masks, hence the masked weights, are identical (``tests/prune/test_gumbel.py``).
 
-The CPU kernel is C, compiled once per machine by the system compiler (~1 s; cached under
-``kernels/`` in prunetune's cache, ``$PRUNETUNE_CACHE`` or ``~/.cache/prunetune``) and
-called through :mod:`ctypes` — no torch headers, hence no extension build; a new build is
-checked against the ATen formulas before use. Everything else (CUDA, float64, no compiler, a
-failed build or check, ``PRUNETUNE_COMPILE=0``, ``ENABLED = False``) takes the ATen path
-here: the same formulas with ``u`` from ``torch.rand`` (one more pass, and ``u`` is kept for
-backward). Both paths are seeded by ``torch.manual_seed``; their masks differ, their law does
-not. Rows are processed in parallel on ``torch.get_num_threads()`` OpenMP threads, each row by
-one thread, so results do not depend on the thread count.
+The CPU kernel is C, compiled once per machine by the system compiler (~1 s) and called
+through :mod:`ctypes` — no torch headers, hence no extension build; a new build is checked
+against the ATen formulas before use. Built libraries are cached in ``<cache root>/kernels``
+(``prunetune._cache.cache_root``: ``$PRUNETUNE_CACHE`` or ``~/.cache/prunetune``), a folder
+that must belong to this user with mode 0700 (a wider mode is narrowed; a folder that is not
+ours or cannot be narrowed is refused with a warning, and a private temporary folder used
+instead): a library there is code this process will run. Each library has a JSON sidecar
+recording the SHA-256 of what it was built from (the C source, compiler, flag sets, CPU and
+platform) and of the library's own bytes; a cached library is loaded only when both match,
+otherwise it is rebuilt.
+
+Everything else (CUDA, float64, no compiler, a failed build or check,
+``PRUNETUNE_COMPILE=0``, ``ENABLED = False``) takes the ATen path: the same formulas and the
+same uniforms from :func:`uniform` in int32 ATen ops (1–2x the time of ``torch.rand`` on a
+CPU; ``u`` is kept for backward rather than regenerated). Rows are processed in parallel
+on ``torch.get_num_threads()`` OpenMP threads, each row by one thread, so results do not
+depend on the thread count.
 
 ``torch.compile`` was tried first and measured on this model: its CPU (C++/OpenMP) kernels
 for this computation ran ~3x slower than this C, each compiled call added ~0.1 ms of guard and
@@ -34,9 +52,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,12 +66,24 @@ from pathlib import Path
 
 import torch
 
-from prunetune.datasets import default_cache_dir
+from prunetune._cache import cache_root
 
-__all__ = ["ENABLED", "draw_key", "mask_backward", "mask_forward", "native_available", "uniform"]
+__all__ = [
+    "ENABLED",
+    "UNIFORM_MASK_BOUND",
+    "draw_key",
+    "mask_backward",
+    "mask_forward",
+    "native_available",
+    "uniform",
+]
 
 _M32 = 0xFFFFFFFF
 _HASH_MUL = (0x21F0AAAD, 0xD35A2D97)
+
+#: Where the two paths' hard masks may differ: only elements with ``|u − σ(θ)|`` at most this
+#: (σ exact). Each path's σ(θ) is within 1.5·2⁻²⁴ of the exact value; see the module docstring.
+UNIFORM_MASK_BOUND = 2.0**-22
 
 
 def _env_flag(name: str, default: bool = True) -> bool:
@@ -227,8 +259,44 @@ _tried = False
 _lock = threading.Lock()
 
 
+def _private_dir(path: Path) -> str | None:
+    """Make ``path`` a folder only this user can use (0700); ``None`` if done, else why not."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"it cannot be created ({exc.strerror or exc})"
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory (a link or a file)"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"it belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o700:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            return f"its mode {mode:#o} cannot be set to 0o700 ({exc.strerror or exc})"
+    return None
+
+
 def _cache_dir() -> Path:
-    return default_cache_dir() / "kernels"  # the one cache root for all of prunetune
+    """A private folder for built kernels: ``<cache root>/kernels``, else a per-user one in the
+    temporary folder (read-only home), else a fresh temporary one (only this process reuses it).
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    candidates = (cache_root() / "kernels", Path(tempfile.gettempdir()) / f"prunetune-{uid}")
+    for path in candidates:
+        why = _private_dir(path)
+        if why is None:
+            return path
+        if path.exists() or path.is_symlink():  # a folder we may not trust: say so
+            warnings.warn(
+                f"prunetune: not caching the compiled mask kernel in {path}: {why}; "
+                f"the kernel cache must be a directory of this user with mode 0o700.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return Path(tempfile.mkdtemp(prefix="prunetune-kernels-"))  # 0700 by construction
 
 
 def _cpu_fingerprint() -> str:
@@ -252,38 +320,74 @@ def _flag_sets() -> list[list[str]]:
     return sets
 
 
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cached(lib_path: Path, sidecar: Path, source_sha256: str) -> bool:
+    """Whether ``lib_path`` was built from this source: its sidecar records ``source_sha256``
+    and the library's own digest, and the library's bytes still have that digest."""
+    try:
+        record = json.loads(sidecar.read_text())
+        return (
+            isinstance(record, dict)
+            and record.get("source_sha256") == source_sha256
+            and record.get("library_sha256") == _sha256_file(lib_path)
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def _compile(cc: str, sets: list[list[str]], out_dir: Path, lib_path: Path) -> list[str]:
+    """Build ``lib_path`` with the first flag set that compiles; returns those flags."""
+    errors = []
+    for flags in sets:
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            src, tmp_lib = Path(tmp) / "gumbel_mask.c", Path(tmp) / "gumbel_mask.so"
+            src.write_text(_SOURCE)
+            proc = subprocess.run(
+                [cc, *flags, str(src), "-o", str(tmp_lib)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if proc.returncode == 0:
+                os.replace(tmp_lib, lib_path)  # atomic: concurrent builders race harmlessly
+                return flags
+            errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-300:]}")
+    raise RuntimeError("compiling the mask kernel failed:\n" + "\n".join(errors))
+
+
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
     sets = _flag_sets()
     key = "\0".join([_SOURCE, cc, repr(sets), _cpu_fingerprint(), sys.platform])
-    name = f"gumbel_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    source_sha256 = hashlib.sha256(key.encode()).hexdigest()
     out_dir = _cache_dir()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home: build per machine boot instead
-        out_dir = Path(tempfile.gettempdir()) / "prunetune-cache"
-        out_dir.mkdir(parents=True, exist_ok=True)
-    lib_path = out_dir / name
-    if not lib_path.exists():
-        errors = []
-        for flags in sets:
-            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                src, tmp_lib = Path(tmp) / "gumbel_mask.c", Path(tmp) / "gumbel_mask.so"
-                src.write_text(_SOURCE)
-                proc = subprocess.run(
-                    [cc, *flags, str(src), "-o", str(tmp_lib)],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                if proc.returncode == 0:
-                    os.replace(tmp_lib, lib_path)  # atomic: concurrent builders race harmlessly
-                    break
-                errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-300:]}")
-        else:
-            raise RuntimeError("compiling the mask kernel failed:\n" + "\n".join(errors))
+    lib_path = out_dir / f"gumbel_mask_{source_sha256[:16]}.so"
+    sidecar = lib_path.with_suffix(".json")
+    if not _cached(lib_path, sidecar, source_sha256):
+        flags = _compile(cc, sets, out_dir, lib_path)
+        record = {
+            "source_sha256": source_sha256,  # of the C source, compiler, flag sets, CPU, OS
+            "library_sha256": _sha256_file(lib_path),
+            "compiler": cc,
+            "flags": flags,
+        }
+        _write_atomic(sidecar, json.dumps(record, indent=1) + "\n")
     lib = ctypes.CDLL(str(lib_path))
     ptr, i64, u64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
     f32 = ctypes.c_float
@@ -327,30 +431,37 @@ def draw_key() -> int:
     return int(torch.randint(-(1 << 63), (1 << 63) - 1, (1,))) & ((1 << 64) - 1)
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x · c mod 2³²`` for int64 ``x`` < 2³², in halves so that no product overflows."""
-    lo = x * (c & 0xFFFF)
-    hi = (x * (c >> 16)) & 0xFFFF
-    return (lo + (hi << 16)) & _M32
+def _s32(c: int) -> int:
+    """The int32 value whose two's-complement bits are the 32-bit word ``c``."""
+    return c - (1 << 32) if c >= 1 << 31 else c
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, _HASH_MUL[0])
-    x = x ^ (x >> 15)
-    x = _mul32(x, _HASH_MUL[1])
-    return x ^ (x >> 15)
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int32 words (torch's ``>>`` on int32 is arithmetic)."""
+    return (x >> k) & ((1 << (32 - k)) - 1)
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 of int32 words, in place; the products wrap modulo 2³² as the C ones do."""
+    x.bitwise_xor_(_shr(x, 16)).mul_(_s32(_HASH_MUL[0]))
+    x.bitwise_xor_(_shr(x, 15)).mul_(_s32(_HASH_MUL[1]))
+    return x.bitwise_xor_(_shr(x, 15))
 
 
 def uniform(key: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The kernel's uniforms ``u_0 … u_{n−1}`` for noise ``key`` (float32 in (0, 1)).
+    """The uniforms ``u_0 … u_{n−1}`` for noise ``key`` (float32 in (0, 1)), on ``device``.
 
-    A reference in ATen ops (~25 passes over int64: slow, for checks, not training).
+    Bit for bit those of the C kernel (the module docstring defines them), in ~15 int32 ATen
+    passes: 1–2x the time of ``torch.rand``. Both mask paths draw their noise here.
     """
     k0, k1 = key & _M32, (key >> 32) & _M32
-    x = (torch.arange(n, dtype=torch.int64, device=device) + k0) & _M32
-    x = _mix32(_mix32(x) ^ k1)
-    return ((x >> 9).to(torch.float32) + 0.5) * 2.0**-23
+    if n < 1 << 31:
+        x = torch.arange(n, dtype=torch.int32, device=device).add_(_s32(k0))
+    else:  # indices past int32: wrap them to 32-bit words first, as the kernel's uint32 does
+        x = torch.arange(n, dtype=torch.int64, device=device).add_(k0).bitwise_and_(_M32)
+        x = torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+    x = _mix32_(_mix32_(x).bitwise_xor_(_s32(k1)))
+    return _shr(x, 9).to(torch.float32).add_(0.5).mul_(2.0**-23)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -373,24 +484,27 @@ def mask_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Noise]:
     """Sample the hard mask and apply it; ``θ`` and ``w`` have one shape, rows along dim 0.
 
+    One key is drawn per call (:func:`draw_key`) on either path, and both paths mask with the
+    uniforms :func:`uniform` gives for it, so one seed gives the same masks with and without
+    the compiled kernel (up to :data:`UNIFORM_MASK_BOUND`).
+
     Returns:
         ``(w · 1[u < σ(θ)], expected, rows_q, noise)``: the masked weight; the expected number
         of kept weights ``Σ σ(θ)``, plus — with ``count_rows`` — the expected number of rows
         keeping at least one weight, ``Σ_rows (1 − Π_row (1 − σ(θ)))``; ``rows_q = Π_row
-        (1 − σ(θ))``; and the noise for :func:`mask_backward` (the kernel's key, or ``u`` on
-        the ATen path, where it comes from ``torch.rand``).
+        (1 − σ(θ))``; and the noise for :func:`mask_backward` (the key on the kernel, which
+        regenerates ``u``; ``u`` itself on the ATen path).
     """
     if theta.shape != w.shape or theta.dim() == 0:
         raise ValueError(
             f"logits and weight must have one shape with dim >= 1, but got "
             f"{tuple(theta.shape)} and {tuple(w.shape)}."
         )
+    key = draw_key()
     lib = _native() if _usable(theta, w) and theta.numel() < 1 << 32 else None
     if lib is not None:
-        key = draw_key()
         return (*_forward_native(lib, theta, w, key, count_rows), key)
-    # torch.rand's [0, 1) moved into (0, 1), so that logit(u) is finite
-    u = torch.rand_like(theta).clamp_(2.0**-24, 1.0 - 2.0**-24)
+    u = uniform(key, theta.numel(), theta.device).view_as(theta)
     return (*_forward_aten(theta, w, u, count_rows), u)
 
 
@@ -422,7 +536,7 @@ def _forward_aten(
     theta: torch.Tensor, w: torch.Tensor, u: torch.Tensor, count_rows: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     p = torch.sigmoid(theta)
-    out = w * (u < p).to(w.dtype)
+    out = w * (u < p).to(w.dtype)  # float32 u against float64 p compares exactly
     rows_q = _rows(torch.sigmoid(-theta)).prod(1)
     expected = p.sum()
     if count_rows:
@@ -440,6 +554,7 @@ def _backward_aten(
     g: torch.Tensor,
     c: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    u = u.to(torch.promote_types(u.dtype, theta.dtype))  # float64 logits: logit(u) in float64
     p, q = torch.sigmoid(theta), torch.sigmoid(-theta)
     y = torch.sigmoid((theta - torch.log(u / (1.0 - u))) / tau)
     grad_w = g * (u < p).to(g.dtype)

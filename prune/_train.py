@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
-from prunetune.datasets import batches, num_batches
 from prunetune.prune._base import PruneContext, PruningMethod
 
 
@@ -26,6 +25,10 @@ class _Data(Protocol):
     x_val: torch.Tensor
     y_val: torch.Tensor
 
+
+#: One epoch of ``(x, y)`` mini-batches over the training split, shuffled by the generator it
+#: is given (the loop's, seeded with ``TrainConfig.seed``).
+BatchFn = Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": nn.functional.cross_entropy,
@@ -122,6 +125,7 @@ def train(
     data: _Data,
     cfg: TrainConfig,
     *,
+    batches: BatchFn,
     report: Callable[[dict[str, float]], None] | None = None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> TrainResult:
@@ -130,8 +134,14 @@ def train(
     Args:
         model: an ``nn.Sequential`` on the same device as ``data``.
         method: a pruning method, not yet attached.
-        data: in-memory splits (see ``prunetune.datasets.Splits``).
+        data: in-memory splits, such as the datasets package's ``Splits``: ``input_shape``,
+            ``x_train``/``y_train`` (what data-dependent methods score on) and
+            ``x_val``/``y_val`` (the per-epoch metric).
         cfg: training budget and optimiser.
+        batches: called once per epoch with the loop's generator (seeded with ``cfg.seed``);
+            returns that epoch's mini-batches of ``cfg.batch_size`` over ``data``'s training
+            split, e.g. ``lambda g: batches(data.x_train, data.y_train, cfg.batch_size,
+            generator=g)`` with the datasets package's ``batches``.
         report: called after each epoch with ``{"epoch", "loss", "val_accuracy" | "val_loss",
             **method.stats(), **epoch_metrics()}``.
         epoch_metrics: extra per-epoch metrics (e.g. the exported density).
@@ -146,7 +156,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = LOSSES[cfg.loss]
     n_train = len(data.x_train)
-    steps = num_batches(n_train, cfg.batch_size, drop_last=False)
+    steps = -(-n_train // cfg.batch_size)  # per epoch, for the methods' schedules
 
     def sample_batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randperm(n_train, generator=gen, device=device)[:k]
@@ -171,7 +181,8 @@ def train(
         method.on_epoch_start(epoch)
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for xb, yb in batches(data.x_train, data.y_train, cfg.batch_size, generator=gen):
+        n_steps = 0
+        for xb, yb in batches(gen):
             out = model(xb)  # (b, num_outputs)
             loss = loss_fn(out, yb)
             pen = method.penalty()
@@ -180,9 +191,10 @@ def train(
             total.backward()
             opt.step()
             step += 1
+            n_steps += 1
             method.on_step(step)
             loss_sum += loss.detach()
-        mean_loss = float(loss_sum) / steps
+        mean_loss = float(loss_sum) / max(n_steps, 1)
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(
                 f"training loss is {mean_loss} at epoch {epoch + 1} (step {step})."

@@ -52,24 +52,34 @@ class _HardConcrete(torch.autograd.Function):
     ``L = logit(1 − u)``, so the forward pass needs no logarithms. Backward applies the
     concrete gradient ``∂σ((θ + L)/τ)/∂θ = y (1 − y) / τ`` to the hard sample and
     ``σ'(θ)`` to the keep probability (which the sparsity penalty uses). Used for neuron gates
-    (a few hundred logits); per-weight gates use :class:`_MaskedWeight`.
+    (a few hundred logits); the sample is the mask kernels' (``prunetune.prune._fused``) of a
+    weight of ones, so neuron and per-weight gates draw one noise, on the compiled kernel when
+    it is available and on ATen ops otherwise. Per-weight gates use :class:`_MaskedWeight`.
     """
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        ones = torch.ones_like(logits)
+        hard, _, rows_q, noise = _fused.mask_forward(logits, ones, False)  # 1 · 1[u < σ(θ)]
         p = torch.sigmoid(logits)
-        u = torch.rand_like(logits)
-        hard = (u < p).to(logits.dtype)
-        ctx.save_for_backward(logits, u, p)
-        ctx.tau = tau
+        ctx.save_for_backward(logits, p)
+        ctx.rows_q, ctx.noise, ctx.tau = rows_q, noise, tau
         return hard, p
 
     @staticmethod
     def backward(ctx: Any, g_hard: torch.Tensor, g_p: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        logits, u, p = ctx.saved_tensors
-        # z/τ = (θ + logit(1 − u))/τ = (θ − logit(u))/τ
-        y = torch.sigmoid(torch.logit(u, eps=1e-6).sub_(logits).mul_(-1.0 / ctx.tau))
-        grad = y.mul_(1.0 - y).mul_(g_hard).mul_(1.0 / ctx.tau)
+        logits, p = ctx.saved_tensors
+        # g·y(1 − y)/τ with z/τ = (θ + logit(1 − u))/τ = (θ − logit(u))/τ; no count term (c = 0)
+        _, grad = _fused.mask_backward(
+            logits,
+            torch.ones_like(logits),
+            ctx.rows_q,
+            ctx.noise,
+            ctx.tau,
+            False,
+            g_hard,
+            logits.new_zeros(()),
+        )
         return grad.add_(p * (1.0 - p) * g_p), None
 
 
@@ -81,7 +91,8 @@ class _MaskedWeight(torch.autograd.Function):
     live units, when the layer's bias counts); backward returns ``∂L/∂w`` through the mask and
     ``∂L/∂θ`` = the straight-through concrete gradient ``g·w·y(1 − y)/τ`` with
     ``y = σ((θ − logit u)/τ)``, plus the count's gradient. The kernel regenerates ``u`` from a
-    per-call key, so nothing the size of ``θ`` is kept for backward.
+    per-call key, so nothing the size of ``θ`` is kept for backward; the ATen path (CUDA,
+    float64, no compiler) draws the same ``u`` from the same key and keeps it.
     """
 
     @staticmethod

@@ -214,7 +214,7 @@ def run_trial(
         metrics ``val_accuracy``, ``test_accuracy``, ``params``, ``params_dense``, ``density``,
         ``live_neurons``, ``seconds`` (training time), plus the history and the export.
     """
-    from prunetune.datasets import load_dataset
+    from prunetune.datasets import batches, load_dataset
     from prunetune.models import build_model, family_spec
     from prunetune.prune import TrainConfig, evaluate, export_compact, make_method, train
 
@@ -244,7 +244,15 @@ def run_trial(
 
     t0 = time.perf_counter()
     start_cpu = time.process_time()  # the process's CPU before its first training step
-    result = train(model, method, data, tcfg, report=report, epoch_metrics=epoch_metrics)
+    result = train(
+        model,
+        method,
+        data,
+        tcfg,
+        batches=lambda g: batches(data.x_train, data.y_train, tcfg.batch_size, generator=g),
+        report=report,
+        epoch_metrics=epoch_metrics,
+    )
     masks = method.masks()
     ex = export_compact(model, arch, masks)
     ex.model.to(device)

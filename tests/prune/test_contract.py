@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from prunetune.datasets import load_dataset
+from prunetune.datasets import batches, load_dataset
 from prunetune.models import build_model, cnn_spec, mlp_spec
 from prunetune.prune import (
     METHODS,
@@ -68,7 +68,14 @@ class Run:
         self.spec = spec
         self.model = build_model(spec)
         self.method = make_method(method_config(name))
-        self.result = train(self.model, self.method, data, replace(TRAIN, seed=seed))
+        cfg = replace(TRAIN, seed=seed)
+        self.result = train(
+            self.model,
+            self.method,
+            data,
+            cfg,
+            batches=lambda g: batches(data.x_train, data.y_train, cfg.batch_size, generator=g),
+        )
         self.masks = self.method.masks()
         self.export = export_compact(self.model, spec, self.masks)
         self.layers = prunable_layers(self.model, spec["input_shape"])

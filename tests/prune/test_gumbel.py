@@ -39,13 +39,10 @@ def _reference_uniforms(key: int, n: int) -> torch.Tensor:
     return torch.tensor([(b + 0.5) / 2**23 for b in bits], dtype=torch.float32)
 
 
-def _replayed_uniforms(path: str, shape: tuple[int, ...], state: torch.Tensor) -> torch.Tensor:
-    """The ``u`` that a per-weight mask drew after ``torch.set_rng_state(state)``."""
+def _replayed_uniforms(shape: tuple[int, ...], state: torch.Tensor) -> torch.Tensor:
+    """The ``u`` that a mask drew after ``torch.set_rng_state(state)`` (either path)."""
     torch.set_rng_state(state)
-    if path == "native":
-        n = math.prod(shape)
-        return _reference_uniforms(_fused.draw_key(), n).view(shape)
-    return torch.rand(shape).clamp_(2.0**-24, 1.0 - 2.0**-24)
+    return _reference_uniforms(_fused.draw_key(), math.prod(shape)).view(shape)
 
 
 def _ctx(model, input_shape, epochs=2, steps=10):
@@ -80,7 +77,7 @@ def test_temperature_schedules(schedule, progress, expected):
     assert temperature(schedule, 2.0, 0.2, progress) == pytest.approx(expected)
 
 
-def test_neuron_sample_follows_keep_probability():
+def test_neuron_sample_follows_keep_probability(mask_path):
     torch.manual_seed(0)
     logits = torch.full((200_000,), 0.8)
     hard, p = _HardConcrete.apply(logits, 0.5)
@@ -89,15 +86,14 @@ def test_neuron_sample_follows_keep_probability():
     assert torch.allclose(p, torch.sigmoid(logits))
 
 
-def test_neuron_straight_through_gradient_is_the_concrete_gradient():
+def test_neuron_straight_through_gradient_is_the_concrete_gradient(mask_path):
     torch.manual_seed(0)
     logits = torch.randn(1000, requires_grad=True)
     tau = 0.7
     state = torch.get_rng_state()
     hard, p = _HardConcrete.apply(logits, tau)
     (hard * torch.arange(1000.0) + 3.0 * p).sum().backward()
-    torch.set_rng_state(state)  # replay the same noise for the reference computation
-    u = torch.rand(1000).clamp(1e-6, 1 - 1e-6)
+    u = _replayed_uniforms((1000,), state)  # the same noise, for the reference computation
     ref_logits = logits.detach().clone().requires_grad_(True)
     soft = torch.sigmoid((ref_logits + torch.log1p(-u) - torch.log(u)) / tau)
     (soft * torch.arange(1000.0) + 3.0 * torch.sigmoid(ref_logits)).sum().backward()
@@ -138,7 +134,7 @@ def test_weight_mask_gradient_is_the_concrete_gradient(mask_path, count_rows):
     out, expected = _MaskedWeight.apply(logits, weight, tau, count_rows)
     ((out * coef).sum() + 3.0 * expected).backward()
 
-    u = _replayed_uniforms(mask_path, shape, state)
+    u = _replayed_uniforms(shape, state)
     ref_logits = logits.detach().clone().requires_grad_(True)
     ref_weight = weight.detach().clone().requires_grad_(True)
     soft = torch.sigmoid((ref_logits + torch.log1p(-u) - torch.log(u)) / tau)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from prunetune._cache import write_atomic
 
 __all__ = ["IDX_MAGIC", "read_idx", "write_idx"]
 
@@ -146,12 +147,4 @@ def write_idx(path: str | os.PathLike[str], array: ArrayLike) -> None:
     if path.suffix == ".gz":
         content = gzip.compress(content, compresslevel=6, mtime=0)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, content)

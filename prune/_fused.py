@@ -66,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from prunetune._cache import cache_root
+from prunetune._cache import cache_root, write_atomic
 
 __all__ = [
     "ENABLED",
@@ -324,17 +324,6 @@ def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached(lib_path: Path, sidecar: Path, source_sha256: str) -> bool:
     """Whether ``lib_path`` was built from this source: its sidecar records ``source_sha256``
     and the library's own digest, and the library's bytes still have that digest."""
@@ -387,7 +376,7 @@ def _build() -> ctypes.CDLL:
             "compiler": cc,
             "flags": flags,
         }
-        _write_atomic(sidecar, json.dumps(record, indent=1) + "\n")
+        write_atomic(sidecar, json.dumps(record, indent=1) + "\n")
     lib = ctypes.CDLL(str(lib_path))
     ptr, i64, u64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
     f32 = ctypes.c_float

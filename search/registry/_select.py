@@ -55,18 +55,21 @@ def study_front_for(
     front = front_of_study(
         load_study(name, url), {n: r.info.run_id for n, r in runs.items()}, floor
     )
-    # per-layer densities are mirrored beside the run's metrics; the record has the rest
+    # the record's values win; the run adds per-layer densities (and, for a study recorded
+    # before trials carried their results and configs, the test metrics and the params)
     records = tuple(
-        replace(rec, metrics={**_layers(runs.get(rec.trial)), **rec.metrics})
+        replace(
+            rec,
+            metrics={**_run_metrics(run := runs.get(rec.trial)), **rec.metrics},
+            params=rec.params or (dict(run.data.params) if run is not None else {}),
+        )
         for rec in front.records
     )
     return replace(front, records=records)
 
 
-def _layers(run: Any) -> dict[str, float]:
-    if run is None:
-        return {}
-    return {k: float(v) for k, v in run.data.metrics.items() if k.startswith("layer.")}
+def _run_metrics(run: Any) -> dict[str, float]:
+    return {} if run is None else {k: float(v) for k, v in run.data.metrics.items()}
 
 
 def select_trials(

@@ -365,3 +365,24 @@ def test_cli_reports_a_missing_store(tmp_path, monkeypatch):
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 2 and "no MLflow store at" in res.output
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_study_recorded_before_trials_carried_results_still_registers(tmp_path, make_study):
+    """An older record holds only each trial's values; the registry takes the test metrics
+    and the config from the trial's MLflow run (the record's values still choose)."""
+    import optuna
+    from mlflow import MlflowClient
+
+    made = make_study(tmp_path, "old", {"name": "old", "dataset": "digits"}, CONFIGS[:2])
+    storage = f"sqlite:///{tmp_path / 'old-record.db'}"
+    old = optuna.create_study(
+        study_name="old", storage=storage, directions=["maximize", "minimize"]
+    )
+    for t in made["study"].trials:
+        old.add_trial(optuna.trial.create_trial(values=t.values))
+    (v,) = register_study(made["uri"], "old", ["most-accurate"], storage=storage)
+    best = max(range(2), key=lambda n: (made["results"][n].metrics["val_accuracy"], -n))
+    assert v.trial == best
+    assert v.test_accuracy == made["results"][best].metrics["test_accuracy"]
+    mv = MlflowClient(made["uri"]).get_model_version("old", v.version)
+    assert mv.tags["dataset"] == "digits"  # from the run's params

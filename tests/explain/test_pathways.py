@@ -88,15 +88,20 @@ def test_path_norm_sums_over_paths_through_two_hidden_layers():
     assert imp.overall.tolist() == pytest.approx([66 / 81, 15 / 81])
 
 
+def _random_masks(model, input_shape, seed: int, keep: float) -> dict[str, Mask]:
+    """A 0/1 weight mask per prunable layer, each weight kept with probability ``keep``."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        layer.name: Mask((torch.rand(layer.module.weight.shape, generator=gen) < keep).float())
+        for layer in prunable_layers(model, input_shape)
+    }
+
+
 def test_masks_argument_and_attached_masks_and_compact_export_agree():
     torch.manual_seed(0)
     spec = mlp_spec((6,), [5, 4], num_outputs=3, activation="silu")
     model = build_model(spec)
-    gen = torch.Generator().manual_seed(1)
-    masks = {
-        layer.name: Mask((torch.rand(layer.module.weight.shape, generator=gen) < 0.4).float())
-        for layer in prunable_layers(model, (6,))
-    }
+    masks = _random_masks(model, (6,), seed=1, keep=0.4)
     by_masks = feature_importance(model, (6,), masks=masks)
     # independent: |W3∘M3| |W2∘M2| |W1∘M1|
     expected = torch.eye(6, dtype=torch.float64)
@@ -227,11 +232,7 @@ def test_graph_of_masked_model_equals_graph_of_its_compact_export():
     torch.manual_seed(0)
     spec = mlp_spec((5,), [6, 6], num_outputs=2)
     model = build_model(spec)
-    gen = torch.Generator().manual_seed(4)
-    masks = {
-        layer.name: Mask((torch.rand(layer.module.weight.shape, generator=gen) < 0.35).float())
-        for layer in prunable_layers(model, (5,))
-    }
+    masks = _random_masks(model, (5,), seed=4, keep=0.35)
     g = pathway_graph(model, (5,), masks=masks)
     ex = export_compact(model, spec, masks)
     gc = pathway_graph(ex.model, (5,), kept_units=ex.kept_units)

@@ -1,9 +1,11 @@
-"""Architectures built from a widths spec: plain ``nn.Sequential`` stacks of standard layers.
+"""Built-in model families: ``nn.Sequential`` stacks built from a spec, and CIFAR ResNets.
 
-Every model here is described by an *architecture spec* — a JSON-serialisable list of layer
-dicts — and :func:`build_model` turns a spec into a plain ``torch.nn.Sequential``. The same spec
-format describes the compact models produced by ``prunetune.prune.export``, so a fetched model
-is rebuilt from plain ``torch.nn`` layers without unpickling any project code.
+The Sequential families (``mlp``, ``lenet5``, ``cnn``) are described by an *architecture spec* —
+a JSON-serialisable list of layer dicts — and :func:`build_model` turns a spec into a plain
+``torch.nn.Sequential``. The same spec format describes the compact models produced by
+``prunetune.prune.export``, so a fetched model is rebuilt from plain ``torch.nn`` layers without
+unpickling any project code. ``resnet`` (:class:`CifarResNet`) has residual adds and so no
+Sequential spec; :func:`build_family` builds every family by name.
 
 Example:
     >>> from prunetune.models import mlp_spec, build_model
@@ -22,14 +24,21 @@ from prunetune.models._arch import (
     lenet5_spec,
     mlp_spec,
 )
+from prunetune.models._family import build_family
+from prunetune.models._resnet import RESNET_DEPTHS, BasicBlock, CifarResNet, resnet_model
 
 __all__ = [
     "ACTIVATIONS",
     "FAMILIES",
+    "RESNET_DEPTHS",
     "ArchSpec",
+    "BasicBlock",
+    "CifarResNet",
+    "build_family",
     "build_model",
     "cnn_spec",
     "family_spec",
     "lenet5_spec",
     "mlp_spec",
+    "resnet_model",
 ]

@@ -175,7 +175,9 @@ def lenet5_spec(
     return {"input_shape": list(input_shape), "layers": layers + head["layers"]}
 
 
-FAMILIES = ("mlp", "lenet5", "cnn")
+# Every built-in family; build any of them with ``prunetune.models.build_family``. Only the
+# first three are ``nn.Sequential`` specs (``family_spec``); resnet has residual adds.
+FAMILIES = ("mlp", "lenet5", "cnn", "resnet")
 
 
 def family_spec(
@@ -186,13 +188,23 @@ def family_spec(
     channels: Sequence[int] = (),
     activation: str = "relu",
 ) -> ArchSpec:
-    """Architecture spec of a named family (``mlp``, ``lenet5``, ``cnn``)."""
+    """Architecture spec of a named Sequential family (``mlp``, ``lenet5``, ``cnn``).
+
+    Raises:
+        ValueError: an unknown family, or ``resnet`` (not a Sequential spec: its residual adds
+            need :func:`prunetune.models.build_family`).
+    """
     if family == "mlp":
         return mlp_spec(input_shape, widths, num_outputs, activation)
     if family == "lenet5":
         return lenet5_spec(input_shape, num_outputs, widths, channels or (6, 16), activation)
     if family == "cnn":
         return cnn_spec(input_shape, channels or (16, 32), widths, num_outputs, activation)
+    if family == "resnet":
+        raise ValueError(
+            "model.family 'resnet' has no Sequential architecture spec (its blocks add "
+            "residuals); build it with prunetune.models.build_family('resnet', ...)."
+        )
     raise ValueError(f"model.family must be one of {list(FAMILIES)}, but got {family!r}.")
 
 

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from prunetune.explain._pathways import effective_weights
 from prunetune.prune._base import Mask
-from prunetune.prune._topology import Layer
+from prunetune.prune._chain import ChainLayer as Layer
 
 # --------------------------------------------------------------------------- importance
 

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from prunetune.prune._base import Mask
-from prunetune.prune._topology import BETWEEN, PRUNABLE, Layer, prunable_layers, raw_weight
+from prunetune.prune._chain import BETWEEN, PRUNABLE, prunable_layers
+from prunetune.prune._chain import ChainLayer as Layer
+from prunetune.prune._topology import raw_weight
 
 # --------------------------------------------------------------------------- kept weights
 

@@ -31,12 +31,13 @@ from prunetune.prune._base import (
 )
 from prunetune.prune._hparams import Choice, Float, HParamTable, Int, validate_config
 from prunetune.prune._masking import FixedMask, attach_fixed_masks, fixed_masks, remove_masks
-from prunetune.prune._topology import Layer, prunable_layers
+from prunetune.prune._topology import ChannelGroup, Layer, Topology
 from prunetune.prune._train import TrainConfig, TrainResult, evaluate, train
-from prunetune.prune.export import ExportResult, count_params, export_compact
+from prunetune.prune.export import ExportResult, count_params, export_compact, plain_copy
 
 __all__ = [
     "METHODS",
+    "ChannelGroup",
     "Choice",
     "ExportResult",
     "FixedMask",
@@ -47,6 +48,7 @@ __all__ = [
     "Mask",
     "PruneContext",
     "PruningMethod",
+    "Topology",
     "TrainConfig",
     "TrainResult",
     "attach_fixed_masks",
@@ -56,7 +58,7 @@ __all__ = [
     "fixed_masks",
     "get_method",
     "make_method",
-    "prunable_layers",
+    "plain_copy",
     "register_method",
     "remove_masks",
     "train",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunetune.prune._hparams import HParamTable, validate_config
-from prunetune.prune._topology import Layer, prunable_layers
+from prunetune.prune._topology import Layer, Topology
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class PruneContext:
     """What a method may use while attaching and training.
 
     Attributes:
-        layers: the model's prunable layers, in order.
+        topology: the model's structure (prunable layers, channel groups, counts).
         input_shape: shape of one input sample.
         epochs: total training epochs.
         steps_per_epoch: optimiser steps per epoch.
@@ -38,7 +38,7 @@ class PruneContext:
         seed: the trial's seed.
     """
 
-    layers: list[Layer]
+    topology: Topology
     input_shape: tuple[int, ...]
     epochs: int
     steps_per_epoch: int
@@ -58,11 +58,15 @@ class PruneContext:
         sample_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        topology: Topology | None = None,
     ) -> PruneContext:
-        """The context of ``model`` (its prunable layers found from ``input_shape``); the loss
-        defaults to cross entropy."""
+        """The context of the plain ``model`` (its topology traced on a zero batch shaped
+        ``(2, *input_shape)`` unless given); the loss defaults to cross entropy."""
+        if topology is None:
+            device = next(model.parameters()).device
+            topology = Topology.build(model, torch.zeros(2, *input_shape, device=device))
         return cls(
-            layers=prunable_layers(model, input_shape),
+            topology=topology,
             input_shape=tuple(input_shape),
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
@@ -70,6 +74,11 @@ class PruneContext:
             loss_fn=loss_fn or torch.nn.functional.cross_entropy,
             seed=seed,
         )
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The prunable layers, in forward order."""
+        return self.topology.layers
 
     @property
     def total_steps(self) -> int:
@@ -92,6 +101,11 @@ class PruningMethod(ABC):
 
     def __init__(self, **config: Any) -> None:
         self.config = validate_config(self.hparams, config, where="method")
+
+    @classmethod
+    def check(cls, topology: Topology) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` (one line naming the method and the layer) when this method
+        cannot prune a model of this structure; called before training starts."""
 
     @abstractmethod
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:

@@ -1,9 +1,9 @@
 """Neuron pruning during training: hidden units removed on a schedule toward a neuron budget.
 
 Shared by magnitude neuron pruning and KFAC neuron pruning, so that the two differ only in how
-they score neurons. A removed unit has its incoming weights and its bias masked to zero (its
-output is then ``act(0) = 0`` for every supported activation, which export removes exactly);
-output units are never removed.
+they score neurons. A unit is a channel of a channel group (:class:`Topology`): removing it
+masks its producers' weight rows and biases and its norms' affine parameters, so it outputs
+exactly zero and export removes it exactly; the output layer's units are never removed.
 
 Schedule: ``prune_events`` removals at evenly spaced steps from ``prune_start`` to
 ``prune_end`` (fractions of the training steps); after removal ``k`` of ``n`` a layer keeps
@@ -18,12 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunetune.prune._base import Mask, PruneContext, PruningMethod
 from prunetune.prune._hparams import Choice, Float, HParamTable, Int
-from prunetune.prune._masking import FixedMask
-from prunetune.prune._topology import raw_bias, raw_weight
+from prunetune.prune._masking import FixedChannels, attach_channel_masks, channel_layer_masks
+from prunetune.prune._topology import raw_weight
 
 NEURON_HPARAMS: HParamTable = {
     "neurons": Float(
@@ -57,25 +56,16 @@ class NeuronPruning(PruningMethod):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         c = self.config
         self.model, self.ctx = model, ctx
-        self.hidden = ctx.layers[:-1]
-        self.alive: dict[str, torch.Tensor] = {}
-        self._w: dict[str, FixedMask] = {}
-        self._b: dict[str, FixedMask] = {}
-        for layer in self.hidden:
-            w = raw_weight(layer.module)
-            self.alive[layer.name] = torch.ones(layer.out_units, dtype=torch.bool, device=w.device)
-            self._w[layer.name] = FixedMask(torch.ones_like(w))
-            parametrize.register_parametrization(
-                layer.module, "weight", self._w[layer.name], unsafe=True
-            )
-            if raw_bias(layer.module) is not None:
-                self._b[layer.name] = FixedMask(torch.ones(layer.out_units, device=w.device))
-                parametrize.register_parametrization(
-                    layer.module, "bias", self._b[layer.name], unsafe=True
-                )
-        self.final = {
-            layer.name: max(1, round(c["neurons"] * layer.out_units)) for layer in self.hidden
-        }
+        topo = ctx.topology
+        self.groups = topo.groups
+        device = raw_weight(ctx.layers[0].module).device
+        self.alive = torch.ones(topo.channels, dtype=torch.bool, device=device)
+        self._channels = FixedChannels(topo.channels, device)
+        attach_channel_masks(model, topo, self._channels, rows=True)
+        self.final = torch.tensor(
+            [max(1, round(c["neurons"] * g.size)) for g in self.groups], dtype=torch.long
+        )
+        self.sizes = torch.tensor([g.size for g in self.groups], dtype=torch.long)
         n, span = c["prune_events"], c["prune_end"] - c["prune_start"]
         fracs = (
             [c["prune_start"] + span * k / (n - 1) for k in range(n)] if n > 1 else [c["prune_end"]]
@@ -89,19 +79,16 @@ class NeuronPruning(PruningMethod):
         """Called at the end of :meth:`attach` (register hooks, allocate statistics)."""
 
     @abstractmethod
-    def neuron_scores(self) -> dict[str, torch.Tensor]:
-        """Per hidden layer, one score per unit; the lowest alive units are removed first."""
+    def neuron_scores(self) -> torch.Tensor:
+        """One score per channel (flat over the groups); the lowest alive go first."""
 
     # -- schedule -----------------------------------------------------------------------------
-    def targets(self, k: int) -> dict[str, int]:
-        """Units each hidden layer keeps after removal ``k`` (1-based) of ``prune_events``."""
+    def targets(self, k: int) -> list[int]:
+        """Units each channel group keeps after removal ``k`` (1-based) of ``prune_events``."""
         frac = (1.0 - k / self.config["prune_events"]) ** 3
-        return {
-            layer.name: round(
-                self.final[layer.name] + (layer.out_units - self.final[layer.name]) * frac
-            )
-            for layer in self.hidden
-        }
+        return [
+            round(float(f + (n - f) * frac)) for f, n in zip(self.final, self.sizes, strict=True)
+        ]
 
     def on_step(self, step: int) -> None:
         due = sum(1 for s in self.event_steps if s <= step)
@@ -109,44 +96,30 @@ class NeuronPruning(PruningMethod):
             self._done = due
             self.remove(self.targets(due))
 
-    def remove(self, targets: dict[str, int]) -> None:
-        scores = self.neuron_scores()
-        keep: dict[str, torch.Tensor] = {}
+    def remove(self, targets: list[int]) -> None:
+        if not self.groups:
+            return
+        scores = self.neuron_scores().double().to(self.alive.device)
+        spans = [(g.offset, g.offset + g.size) for g in self.groups]
+        keep = torch.zeros_like(self.alive)
         if self.config["allocation"] == "layerwise":
-            for name, s in scores.items():
-                keep[name] = _top(s.double(), self.alive[name], targets[name])
+            for (a, b), t in zip(spans, targets, strict=True):
+                keep[a:b] = _top(scores[a:b], self.alive[a:b], t)
         else:
-            names = list(scores)
-            s = [scores[n].double().clone() for n in names]
-            for n, v in zip(names, s, strict=True):  # every layer keeps its best alive unit
-                v[~self.alive[n]] = float("-inf")
-                v[int(torch.argmax(v))] = float("inf")
-            flat = torch.cat(s)
-            alive = torch.cat([self.alive[n] for n in names])
-            kept = _top(flat, alive, sum(targets.values()))
-            keep = dict(zip(names, kept.split([v.numel() for v in s]), strict=True))
-        for name, k in keep.items():
-            self.alive[name] = k
-            w = self._w[name].mask
-            w.copy_(k.view((-1,) + (1,) * (w.dim() - 1)).expand_as(w))
-            if name in self._b:
-                self._b[name].mask.copy_(k)
+            s = scores.clone()
+            s[~self.alive] = float("-inf")
+            for a, b in spans:  # every group keeps its best alive unit
+                s[a + int(torch.argmax(s[a:b]))] = float("inf")
+            keep = _top(s, self.alive, sum(targets))
+        self.alive = keep
+        self._channels.set(keep)
 
     # -- masks --------------------------------------------------------------------------------
     def masks(self) -> dict[str, Mask]:
-        out = {
-            name: Mask(
-                weight=self._w[name].mask.detach().clone(),
-                bias=self._b[name].mask.detach().clone() if name in self._b else None,
-            )
-            for name in self._w
-        }
-        last = self.ctx.layers[-1]
-        out[last.name] = Mask(weight=torch.ones_like(raw_weight(last.module)).detach())
-        return out
+        return channel_layer_masks(self.ctx.topology, self._channels.vector())
 
     def stats(self) -> dict[str, float]:
-        return {"live_units": float(sum(int(a.sum()) for a in self.alive.values()))}
+        return {"live_units": float(self.alive.sum())}
 
 
 def _top(scores: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:

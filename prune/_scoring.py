@@ -2,19 +2,19 @@
 
 Score-based methods (magnitude, lottery, SNIP, GraSP, SynFlow, random) rank weights and keep the
 best. The budget is a *parameter* density, counted exactly as :mod:`prunetune.prune.export`
-counts: nonzero weights plus the biases of live units (so a weight that revives a unit also
-pays for its bias). :func:`masks_at_density` keeps as many top-scored weights as fit, either
+counts (:meth:`Topology.count`: nonzero weights plus the biases and norm parameters of live
+channels, so a weight that revives a channel also pays for its bias). :func:`masks_at_density` keeps as many top-scored weights as fit, either
 ranked across all layers (``global``) or the same fraction of each layer (``layerwise``).
 
 Example:
     >>> import torch
     >>> from prunetune.models import build_model, mlp_spec
-    >>> from prunetune.prune import prunable_layers
+    >>> from prunetune.prune._topology import Topology
     >>> model = build_model(mlp_spec((4,), [3], 2))
-    >>> layers = prunable_layers(model, (4,))
-    >>> scores = {l.name: l.module.weight.detach().abs() for l in layers}
-    >>> masks = masks_at_density(layers, scores, 0.5, "global")
-    >>> live_params(layers, masks) <= 0.5 * dense_params(layers)
+    >>> topo = Topology.build(model, torch.zeros(2, 4))
+    >>> scores = {l.name: l.module.weight.detach().abs() for l in topo.layers}
+    >>> masks = masks_at_density(topo, model, scores, 0.5, "global")
+    >>> topo.count(model, masks) <= 0.5 * topo.dense
     True
 """
 
@@ -28,9 +28,13 @@ from torch import nn
 
 from prunetune.prune._base import Mask, PruneContext, PruningMethod
 from prunetune.prune._hparams import Choice, Float
-from prunetune.prune._masking import attach_fixed_masks, fixed_masks
-from prunetune.prune._topology import Layer, raw_bias, raw_weight
-from prunetune.prune.export import _unit_connections
+from prunetune.prune._masking import (
+    FixedChannels,
+    attach_channel_masks,
+    attach_fixed_masks,
+    fixed_masks,
+)
+from prunetune.prune._topology import Topology, raw_weight
 
 SCOPES = ("global", "layerwise")
 
@@ -43,49 +47,6 @@ DENSITY = Float(
     help="target kept fraction of parameters (nonzero weights + biases of live units)",
 )
 SCOPE = Choice(SCOPES, "global", help="rank weights across all layers or within each layer")
-
-
-def dense_params(layers: list[Layer]) -> int:
-    """All weights and biases of the unpruned layers (``ExportResult.params_dense``)."""
-    return sum(
-        raw_weight(layer.module).numel()
-        + (layer.out_units if raw_bias(layer.module) is not None else 0)
-        for layer in layers
-    )
-
-
-def live_params(layers: list[Layer], masks: Mapping[str, torch.Tensor]) -> int:
-    """Parameters the compact export of these weight masks keeps (same rules as export).
-
-    A hidden unit survives when it is *used* (reaches the outputs through kept weights) and
-    *varying* (receives a kept weight from a varying unit); it then contributes its bias. A weight
-    counts when both of its end units survive.
-    """
-    n = len(layers)
-    conns = [
-        _unit_connections(masks[layer.name] != 0, layer.in_units, layer.in_repeat)
-        for layer in layers
-    ]
-    used = [torch.ones(layer.out_units, dtype=torch.bool) for layer in layers]
-    for i in range(n - 1, 0, -1):
-        used[i - 1] = (conns[i] & used[i][:, None]).any(0)
-    kept, prev = [], torch.ones(layers[0].in_units, dtype=torch.bool)
-    for i in range(n):
-        varying = (conns[i] & prev[None, :]).any(1)
-        nxt = layers[i + 1].module if i + 1 < n else None
-        if isinstance(nxt, nn.Conv2d) and any(p != 0 for p in nxt.padding):
-            varying = torch.ones_like(varying)  # export keeps these (no exact folding)
-        kept.append(used[i] & varying if i < n - 1 else torch.ones_like(varying))
-        prev = varying
-    total, prev_kept = 0, torch.ones(layers[0].in_units, dtype=torch.bool)
-    for i, layer in enumerate(layers):
-        m = masks[layer.name] != 0
-        cols = prev_kept.repeat_interleave(layer.in_repeat) if m.dim() == 2 else prev_kept
-        cols = cols.view((1, -1) + (1,) * (m.dim() - 2))
-        total += int((m & cols).sum(dim=tuple(range(1, m.dim())))[kept[i]].sum())
-        total += int(kept[i].sum()) if raw_bias(layer.module) is not None else 0
-        prev_kept = kept[i]
-    return total
 
 
 def ranker(
@@ -130,18 +91,21 @@ def ranker(
 
 
 def masks_at_density(
-    layers: list[Layer],
+    topology: Topology,
+    model: nn.Module,
     scores: Mapping[str, torch.Tensor],
     density: float,
     scope: str,
     *,
     eligible: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep the highest scores such that ``live_params <= density * dense_params``, keeping as
-    many as fit (bisection on the nested rankings of :func:`ranker`).
+    """Keep the highest scores such that the kept parameters (:meth:`Topology.count`) are at
+    most ``density`` times the dense count, keeping as many as fit (bisection on the nested
+    rankings of :func:`ranker`).
 
     Args:
-        layers: the prunable layers the scores belong to.
+        topology: the structure of ``model``.
+        model: the model the scores belong to (its raw weights are counted).
         scores: per-layer scores shaped like the weights; higher is kept first.
         density: target parameter density in (0, 1].
         scope: ``global`` or ``layerwise``.
@@ -152,10 +116,10 @@ def masks_at_density(
             n: torch.where(eligible[n] != 0, s.double(), float("-inf")) for n, s in scores.items()
         }
     keep, hi = ranker(scores, scope)
-    budget = density * dense_params(layers)
+    budget = density * topology.dense
 
     def fits(k: int) -> bool:
-        return live_params(layers, _restrict(keep(k), eligible)) <= budget
+        return topology.count(model, _restrict(keep(k), eligible)) <= budget
 
     if fits(hi):
         return _restrict(keep(hi), eligible)
@@ -199,6 +163,9 @@ class ScoredMasks(PruningMethod):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         self.model, self.ctx = model, ctx
         self._fixed = attach_fixed_masks(ctx.layers)
+        device = raw_weight(ctx.layers[0].module).device
+        self._channels = FixedChannels(ctx.topology.channels, device)
+        attach_channel_masks(model, ctx.topology, self._channels, rows=False)
 
     def masks(self) -> dict[str, Mask]:
         return fixed_masks(self._fixed)
@@ -211,13 +178,16 @@ class ScoredMasks(PruningMethod):
         return {name: fm.mask for name, fm in self._fixed.items()}
 
     def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Set weight masks; channels left without a kept weight close (biases, norms)."""
         for name, m in masks.items():
             self._fixed[name].mask.copy_(m)
+        self._channels.set(self.ctx.topology.open_channels(self.current()))
 
     def prune_to(
         self, scores: Mapping[str, torch.Tensor], density: float, scope: str, **kw: Any
     ) -> None:
-        self.set_masks(masks_at_density(self.ctx.layers, scores, density, scope, **kw))
+        masks = masks_at_density(self.ctx.topology, self.model, scores, density, scope, **kw)
+        self.set_masks(masks)
 
     def stats(self) -> dict[str, float]:
         kept = sum(int(m.sum()) for m in self.current().values())

@@ -1,16 +1,54 @@
-"""The chain of prunable layers in a sequential model, and how neurons connect across it."""
+"""One ``Topology`` per model: prunable layers by name, channel groups, liveness and counts.
+
+Built once from the plain (unmasked) model and an example batch on torch-pruning's
+``DependencyGraph``, which traces the model and couples the channels that must go together
+(residual adds, BatchNorm, concatenation, depthwise convs, a flatten into a Linear). Every
+structural question — which layers are prunable, which output channels form one group, which
+channels are live under a set of hard masks, how many parameters those masks keep — is answered
+here, so that methods, export and the pathway analysis agree on one definition.
+
+Definitions:
+
+* **Prunable layers**: every ``Linear``, ``Conv1d`` and ``Conv2d``, by qualified module name
+  (``layer1.0.conv1``). Depthwise convs (``groups == in == out``) are channel-prunable with
+  their group; other grouped convs are pruned at weight granularity only (their channels stay).
+* **Channel group**: the output channels of one root layer and everything coupled to them.
+  Members are *producers* (layers whose output rows make the channel: the convs whose outputs
+  are added, a depthwise conv), *norms* (per-channel affine: BatchNorm, InstanceNorm) and
+  *consumers* (layers whose input columns read the channel). A group whose channels reach the
+  model's output (no consumer reads them), or that touches a module whose parameters mix
+  channels (LayerNorm, GroupNorm, a grouped conv, an unknown layer), is fixed: never pruned.
+* **Open / live**: a channel is *open* when some producer keeps a weight in its row; a closed
+  channel outputs exactly zero in the masked model (its biases and norm affine parameters are
+  masked too, see :mod:`prunetune.prune._masking`). It is *used* when some consumer keeps a
+  weight in its columns. Live = open and used; export removes every channel that is not live.
+* **Parameters**: the nonzero entries of every parameter of the compact model — masked weights
+  between live channels, biases and norm affine parameters of live channels, and every other
+  parameter in full. :meth:`Topology.count` computes it without surgery.
+
+Example:
+    >>> import torch
+    >>> from prunetune.models import build_model, mlp_spec
+    >>> model = build_model(mlp_spec((4,), [3], 2))
+    >>> topo = Topology.build(model, torch.zeros(2, 4))
+    >>> [layer.name for layer in topo.layers], topo.dense
+    (['0', '2'], 23)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-PRUNABLE = (nn.Linear, nn.Conv2d)
-#: Modules a sequential model may hold between its prunable layers.
-BETWEEN = (nn.MaxPool2d, nn.ReLU, nn.SiLU, nn.Tanh, nn.GELU, nn.Flatten, nn.Identity, nn.Dropout)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Per-channel affine layers a channel group may carry (masked with the channel).
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
 
 @dataclass(frozen=True)
@@ -18,21 +56,19 @@ class Layer:
     """One prunable layer.
 
     Attributes:
-        index: position in the ``nn.Sequential``.
-        name: its module name (``str(index)``), the key of masks.
-        module: the layer itself.
-        between: the non-prunable modules between the previous prunable layer and this one.
-        in_repeat: input positions per unit of the previous layer (``H*W`` after a flatten of
-            conv feature maps, else 1).
-        out_spatial: spatial size ``(H, W)`` of this layer's output (``(1, 1)`` for linear).
+        name: qualified module name, the key of masks (``"0"`` in an ``nn.Sequential``).
+        module: the layer.
+        kind: ``linear``, ``conv``, ``depthwise`` or ``grouped`` (weight granularity only).
+        group: the channel group its output channels belong to, or ``None`` (fixed channels,
+            e.g. the output layer).
+        order: position in the forward pass.
     """
 
-    index: int
     name: str
     module: nn.Module
-    between: tuple[nn.Module, ...]
-    in_repeat: int
-    out_spatial: tuple[int, int]
+    kind: str
+    group: int | None
+    order: int
 
     @property
     def out_units(self) -> int:
@@ -40,69 +76,470 @@ class Layer:
 
     @property
     def in_units(self) -> int:
-        return int(raw_weight(self.module).shape[1]) // self.in_repeat
+        """Input features (Linear) or channels (conv) of the weight."""
+        return int(raw_weight(self.module).shape[1])
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's channels in a group: its indices ``idx`` along ``dim`` read root channels
+    ``root`` (a Linear after a flatten reads each channel at ``H·W`` positions)."""
+
+    name: str
+    idx: torch.Tensor
+    root: torch.Tensor
+
+
+@dataclass
+class ChannelGroup:
+    """Output channels that are removed together; see the module docstring."""
+
+    id: int
+    root: str
+    size: int
+    offset: int  # first index of this group in the flat channel vector
+    producers: list[Member] = field(default_factory=list)
+    norms: list[Member] = field(default_factory=list)
+    consumers: list[Member] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A parameter and, per dimension, the flat channel index of each entry (or ``ALWAYS``)."""
+
+    module: str
+    param: str
+    dims: tuple[torch.Tensor | None, ...]  # None: the whole dimension is always live
 
 
 def raw_weight(module: nn.Module) -> torch.Tensor:
     """The weight before any parametrization (mask) applies."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations["weight"].original
-    return module.weight
+    return raw_param(module, "weight")
 
 
 def raw_bias(module: nn.Module) -> torch.Tensor | None:
-    if parametrize.is_parametrized(module, "bias"):
-        return module.parametrizations["bias"].original
-    return module.bias
+    return raw_param(module, "bias")
 
 
-def prunable_layers(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> list[Layer]:
-    """Walk a sequential model, recording each prunable layer and how its inputs map to units.
-
-    Raises:
-        ValueError: the model is not an ``nn.Sequential`` of supported layers.
-    """
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(
-            f"Pruning needs an nn.Sequential model (see prunetune.models), got {type(model).__name__}."
-        )
-    layers: list[Layer] = []
-    between: list[nn.Module] = []
-    x = torch.zeros(1, *input_shape)
-    repeat = 1
-    with torch.no_grad():
-        for i, m in enumerate(model):
-            if isinstance(m, PRUNABLE):
-                if isinstance(m, nn.Linear) and x.dim() != 2:
-                    raise ValueError(
-                        f"layer {i}: Linear needs a flattened input, got {tuple(x.shape)}."
-                    )
-                x = _forward_raw(m, x)
-                spatial = (int(x.shape[2]), int(x.shape[3])) if x.dim() == 4 else (1, 1)
-                layers.append(Layer(i, str(i), m, tuple(between), repeat, spatial))
-                between, repeat = [], 1
-            else:
-                if isinstance(m, nn.Flatten) and x.dim() == 4:
-                    repeat = int(x.shape[2] * x.shape[3])
-                elif not isinstance(m, BETWEEN):
-                    raise ValueError(
-                        f"layer {i}: {type(m).__name__} is not supported between prunable layers "
-                        "(supported: activations, MaxPool2d, Flatten, Dropout)."
-                    )
-                x = m(x)
-                between.append(m)
-    if not layers:
-        raise ValueError("The model has no Linear or Conv2d layer to prune.")
-    return layers
+def raw_param(module: nn.Module, name: str) -> Any:
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name, None)
 
 
-def _forward_raw(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    w, b = raw_weight(m), raw_bias(m)
+def _kind(m: nn.Module) -> str:
     if isinstance(m, nn.Linear):
-        return nn.functional.linear(x, w, b)
-    return m._conv_forward(x, w, b)  # type: ignore[operator]
+        return "linear"
+    g = int(m.groups)
+    if g == 1:
+        return "conv"
+    if g == m.in_channels == m.out_channels:
+        return "depthwise"
+    return "grouped"
 
 
-def expand_units(mask_units: torch.Tensor, repeat: int) -> torch.Tensor:
-    """Map a per-unit vector of the previous layer onto this layer's input positions."""
-    return mask_units.repeat_interleave(repeat) if repeat > 1 else mask_units
+class Topology:
+    """The structure of one model; see the module docstring.
+
+    Attributes:
+        layers: prunable layers in forward order.
+        groups: prunable channel groups.
+        fixed: why each fixed group is not pruned, keyed by its root layer's name.
+        channels: total channels of the prunable groups (length of liveness vectors).
+        dense: every parameter of the plain model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        layers: list[Layer],
+        groups: list[ChannelGroup],
+        fixed: dict[str, str],
+        slots: list[_Slot],
+        dg: Any = None,
+    ) -> None:
+        self.model = model  # the plain model it was built from (methods' checks probe it)
+        self.example = example.detach().cpu()
+        self.dg = dg  # torch-pruning's graph, on the modules of the model it was built from
+        self.layers = layers
+        self.by_name = {layer.name: layer for layer in layers}
+        self.groups = groups
+        self.fixed = fixed
+        self.channels = sum(g.size for g in groups)
+        self._slots = slots
+        self.dense = sum(_numel(model, s) for s in slots)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: nn.Module, example: torch.Tensor) -> Topology:
+        """Trace ``model`` (plain, unmasked) on ``example`` (a batch) with autograd on, in eval
+        mode (its mode is restored).
+
+        Raises:
+            ValueError: the model has no prunable layer or cannot be traced.
+        """
+
+        names = {m: n for n, m in model.named_modules()}
+        prunable = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+        if not prunable:
+            raise ValueError(
+                f"{type(model).__name__} has no Linear, Conv1d or Conv2d layer to prune."
+            )
+        if any(parametrize.is_parametrized(m) for _, m in model.named_modules()):
+            raise ValueError("Topology.build needs the plain model (no masks attached yet).")
+        order: dict[str, int] = {}
+
+        def seen(name: str) -> Any:
+            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+                order.setdefault(name, len(order))
+
+            return hook
+
+        hooks = [m.register_forward_hook(seen(n)) for n, m in prunable]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                dg = dependency_graph(model, example)
+        except Exception as e:  # torch-pruning raises many kinds when tracing fails
+            raise ValueError(
+                f"cannot trace {type(model).__name__} on an input of shape "
+                f"{tuple(example.shape)}: {type(e).__name__}: {e}"
+            ) from e
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
+        for n, _ in prunable:
+            if n not in order:
+                raise ValueError(f"layer {n} is not used in the model's forward pass.")
+
+        groups: list[ChannelGroup] = []
+        fixed: dict[str, str] = {}
+        group_of: dict[str, int] = {}
+        for g in dg.get_all_groups(root_module_types=PRUNABLE):
+            root_mod = g[0].dep.target.module
+            root = names[root_mod]
+            producers, norms, consumers, why = [], [], [], None
+            for item in g.items:
+                mod = item.dep.target.module
+                if not isinstance(mod, nn.Module) or mod not in names:
+                    if isinstance(mod, nn.Parameter):
+                        why = "it touches a bare nn.Parameter"
+                    continue
+                idx = torch.as_tensor(list(item.idxs), dtype=torch.long)
+                rt = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
+                member = Member(names[mod], idx, rt)
+                out = dg.is_out_channel_pruning_fn(item.dep.handler)
+                if isinstance(mod, PRUNABLE):
+                    if _kind(mod) == "grouped":
+                        why = f"grouped conv {names[mod]} is pruned per weight only"
+                    (producers if out else consumers).append(member)
+                elif isinstance(mod, NORMS):
+                    if mod.weight is not None:
+                        norms.append(member)
+                elif any(True for _ in mod.parameters(recurse=False)):
+                    why = f"{type(mod).__name__} {names[mod]} mixes or scales channels"
+            size = int(raw_weight(root_mod).shape[0])
+            if not consumers and why is None:
+                why = "its channels are the model's output"
+            if why is not None:
+                fixed[root] = why
+                continue
+            gid = len(groups)
+            offset = sum(x.size for x in groups)
+            groups.append(ChannelGroup(gid, root, size, offset, producers, norms, consumers))
+            for p in producers:
+                group_of[p.name] = gid
+
+        groups, fixed = _verify_closing(model, example, groups, fixed)
+        group_of = {p.name: g.id for g in groups for p in g.producers}
+        layers = sorted(
+            (Layer(n, m, _kind(m), group_of.get(n), order[n]) for n, m in prunable),
+            key=lambda layer: layer.order,
+        )
+        slots = _slots(model, groups, sum(g.size for g in groups))
+        return cls(model, example, layers, groups, fixed, slots, dg)
+
+    # -- liveness -----------------------------------------------------------------------------
+    def open_channels(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """bool[channels]: channels with a kept weight in some producer row.
+
+        Args:
+            masks: hard 0/1 weight masks by layer name (a missing layer is dense).
+        """
+        out = torch.zeros(self.channels, dtype=torch.bool)
+        for g in self.groups:
+            for p in g.producers:
+                m = masks.get(p.name)
+                if m is None:
+                    row = torch.ones(len(p.idx), dtype=torch.bool)
+                else:
+                    row = (m.detach() != 0).flatten(1)[p.idx.to(m.device)].any(1).cpu()
+                out[g.offset + p.root] |= row
+        return out
+
+    def used_channels(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """bool[channels]: channels with a kept weight in some consumer column."""
+        out = torch.zeros(self.channels, dtype=torch.bool)
+        for g in self.groups:
+            for c in g.consumers:
+                m = masks.get(c.name)
+                if m is None:
+                    col = torch.ones(len(c.idx), dtype=torch.bool)
+                else:
+                    nz = (m.detach() != 0).transpose(0, 1).flatten(1)
+                    col = nz[c.idx.to(m.device)].any(1).cpu()
+                out.index_put_((g.offset + c.root,), col, accumulate=True)
+        return out
+
+    def live(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """bool[channels]: open and used; export keeps exactly these channels."""
+        return self.open_channels(masks) & self.used_channels(masks)
+
+    def group_slice(self, vector: torch.Tensor, group: ChannelGroup) -> torch.Tensor:
+        return vector[group.offset : group.offset + group.size]
+
+    # -- counting -----------------------------------------------------------------------------
+    def count(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        live: torch.Tensor | None = None,
+    ) -> int:
+        """Parameters the compact export of ``masks`` keeps (nonzero entries), without surgery.
+
+        Args:
+            model: the model the topology was built from (masked or not: raw values are read).
+            masks: hard 0/1 weight masks by layer name (a missing layer is dense).
+            live: the liveness vector, when already computed.
+        """
+        live = self.live(masks) if live is None else live
+        return sum(n for n, _ in self._slot_counts(model, masks, live).values())
+
+    def per_layer(
+        self, model: nn.Module, masks: Mapping[str, torch.Tensor], live: torch.Tensor
+    ) -> dict[str, dict[str, float]]:
+        """Per prunable layer: kept parameters (weight + bias), total, densities, live units."""
+        counts = self._slot_counts(model, masks, live)
+        out: dict[str, dict[str, float]] = {}
+        for layer in self.layers:
+            kw, tw = counts[(layer.name, "weight")]
+            kb, tb = counts.get((layer.name, "bias"), (0, 0))
+            units = layer.out_units
+            if layer.group is not None:
+                units = int(self.group_slice(live, self.groups[layer.group]).sum())
+            out[layer.name] = {
+                "kept": kw + kb,
+                "total": tw + tb,
+                "density": (kw + kb) / max(1, tw + tb),
+                "weight_density": kw / max(1, tw),
+                "units": units,
+                "units_dense": layer.out_units,
+            }
+        return out
+
+    def _slot_counts(
+        self, model: nn.Module, masks: Mapping[str, torch.Tensor], live: torch.Tensor
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        flat = torch.cat([live.cpu(), torch.ones(1, dtype=torch.bool)])
+        out = {}
+        with torch.no_grad():
+            for s in self._slots:
+                value = raw_param(model.get_submodule(s.module), s.param).detach()
+                nz = value != 0
+                if s.param == "weight" and s.module in masks:
+                    nz = nz & (masks[s.module].detach().to(nz.device) != 0)
+                nz = nz.cpu()
+                for d, idx in enumerate(s.dims):
+                    if idx is not None:
+                        shape = [1] * nz.dim()
+                        shape[d] = -1
+                        nz = nz & flat[idx].view(shape)
+                out[(s.module, s.param)] = (int(nz.sum()), value.numel())
+        return out
+
+    def weight_gating_terms(self) -> tuple[torch.Tensor, int]:
+        """For per-weight gating: per channel, its bias and norm entries (counted while the
+        channel is open), and the parameters outside every prunable weight and channel (always
+        counted)."""
+        extras = torch.zeros(self.channels + 1)
+        const = 0
+        weights = {(layer.name, "weight") for layer in self.layers}
+        for s in self._slots:
+            if (s.module, s.param) in weights:
+                continue
+            idx = s.dims[0] if s.dims else None
+            rest = math.prod(s.shape[1:])
+            if idx is None:
+                const += math.prod(s.shape)
+            else:
+                extras.index_add_(0, idx, torch.full((len(idx),), float(rest)))
+        const += int(extras[-1])
+        return extras[:-1], const
+
+    def expected(self, keep: torch.Tensor) -> torch.Tensor:
+        """Expected parameters when channel ``c`` is kept with probability ``keep[c]`` and
+        every kept weight is nonzero (channel gates; differentiable in ``keep``)."""
+        q = torch.cat([keep, keep.new_ones(1)])
+        total = keep.new_zeros(())
+        for s in self._slots:
+            term = keep.new_ones(())
+            for idx in s.dims:
+                term = term * q[idx.to(q.device)].sum() if idx is not None else term
+            rest = math.prod(n for n, idx in zip(s.shape, s.dims, strict=True) if idx is None)
+            total = total + term * rest
+        return total
+
+
+@torch.no_grad()
+def _verify_closing(
+    model: nn.Module, example: torch.Tensor, groups: list[ChannelGroup], fixed: dict[str, str]
+) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """Keep the groups whose closed channels really reach their consumers as zeros.
+
+    Closing a channel zeroes its producers' rows and biases and its norms' affine parameters;
+    an op between them and a consumer with ``f(0) != 0`` (a sigmoid, a softplus) would turn
+    that zero into a constant, and removing the channel would change the output. Each group is
+    closed once on ``example`` (in eval mode) and its consumers' inputs are checked.
+    """
+    was_training = model.training
+    model.eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            seen[name] = inputs[0].detach()
+
+        return hook
+
+    names = {c.name for g in groups for c in g.consumers}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(grab(n)) for n in names]
+    kept: list[ChannelGroup] = []
+    try:
+        for g in groups:
+            saved = []
+            for m in (*g.producers, *g.norms):
+                mod = model.get_submodule(m.name)
+                for p in ("weight", "bias"):
+                    t = getattr(mod, p, None)
+                    if t is not None:
+                        saved.append((t, t[m.idx].clone(), m.idx))
+                        t[m.idx] = 0
+            seen.clear()
+            model(example)
+            for t, values, idx in saved:
+                t[idx] = values
+            bad = next(
+                (
+                    c.name
+                    for c in g.consumers
+                    if bool(seen[c.name].transpose(0, 1)[c.idx].ne(0).any())
+                ),
+                None,
+            )
+            if bad is None:
+                kept.append(g)
+            else:
+                fixed[g.root] = (
+                    f"its closed channels do not reach {bad} as zeros (an op with "
+                    "f(0) != 0, e.g. a sigmoid, between them)"
+                )
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    offset = 0
+    out = []
+    for i, g in enumerate(kept):
+        out.append(ChannelGroup(i, g.root, g.size, offset, g.producers, g.norms, g.consumers))
+        offset += g.size
+    return out, fixed
+
+
+def _numel(model: nn.Module, s: _Slot) -> int:
+    return raw_param(model.get_submodule(s.module), s.param).numel()
+
+
+@dataclass(frozen=True)
+class _ShapedSlot(_Slot):
+    shape: tuple[int, ...] = ()
+
+
+def _slots(model: nn.Module, groups: list[ChannelGroup], always: int) -> list[_Slot]:
+    """Every parameter with, per dimension, the flat channel index of each entry."""
+    dims: dict[tuple[str, str], list[torch.Tensor | None]] = {}
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            dims[(mod_name, p_name)] = [None] * p.dim()
+            shapes[(mod_name, p_name)] = tuple(p.shape)
+
+    def couple(name: str, param: str, dim: int, member: Member, offset: int) -> None:
+        key = (name, param)
+        if key not in dims:
+            return
+        d = dims[key]
+        if d[dim] is None:
+            d[dim] = torch.full((shapes[key][dim],), always, dtype=torch.long)
+        d[dim][member.idx] = offset + member.root
+
+    for g in groups:
+        for p in g.producers:
+            couple(p.name, "weight", 0, p, g.offset)
+            couple(p.name, "bias", 0, p, g.offset)
+        for n in g.norms:
+            couple(n.name, "weight", 0, n, g.offset)
+            couple(n.name, "bias", 0, n, g.offset)
+        for c in g.consumers:
+            couple(c.name, "weight", 1, c, g.offset)
+    return [_ShapedSlot(m, p, tuple(dims[(m, p)]), shape=shapes[(m, p)]) for (m, p) in dims]
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
+    """torch-pruning's dependency graph of ``model``, with concatenation offsets fixed (see
+    :func:`fix_concat`)."""
+    import torch_pruning as tp
+
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    fix_concat(dg)
+    return dg
+
+
+def fix_concat(dg: Any) -> None:
+    """Set every channel concatenation's offsets from its inputs' current channel counts.
+
+    torch-pruning 1.6 infers a concatenation's output channels by walking downstream; across a
+    flatten into a Linear it finds the Linear's input features instead, gives up, and then
+    couples the concatenated layers' channels one to one. Call again after pruning a group that
+    feeds a concatenation (the offsets move).
+    """
+    import torch_pruning as tp
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    for node in list(dg.module2node.values()):
+        if node.type != tp.ops.OPTYPE.CONCAT:
+            continue
+        dim = getattr(node.grad_fn, "_saved_dim", 1)
+        if dim != 1:
+            continue
+        chs = [shape_infer.infer_channels_between(dg, n, node) for n in node.inputs]
+        if any(c is None for c in chs):
+            continue
+        offsets = [0]
+        for c in chs:
+            offsets.append(offsets[-1] + c)
+        node.module.concat_sizes = chs
+        node.module.offsets = offsets
+        for i, in_node in enumerate(node.inputs):
+            span = offsets[i : i + 2]
+            for dep in node.dependencies:  # concat → its input: subtract the offset
+                if dep.target == in_node:
+                    dep.index_mapping[1] = _ConcatIndexMapping(offset=span, reverse=True)
+                    break
+            for dep in in_node.dependencies:  # input → concat: add the offset
+                if dep.target == node:
+                    dep.index_mapping[1] = _ConcatIndexMapping(offset=span, reverse=False)
+                    break

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunetune.prune._base import PruneContext, PruningMethod
+from prunetune.prune._topology import Topology
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -128,11 +129,12 @@ def train(
     batches: BatchFn,
     report: Callable[[dict[str, float]], None] | None = None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
+    topology: Topology | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method``'s masks attached; returns the per-epoch history.
 
     Args:
-        model: an ``nn.Sequential`` on the same device as ``data``.
+        model: the plain model (no masks yet), on the same device as ``data``.
         method: a pruning method, not yet attached.
         data: in-memory splits, such as the datasets package's ``Splits``: ``input_shape``,
             ``x_train``/``y_train`` (what data-dependent methods score on) and
@@ -144,7 +146,8 @@ def train(
             generator=g)`` with the datasets package's ``batches``.
         report: called after each epoch with ``{"epoch", "loss", "val_accuracy" | "val_loss",
             **method.stats(), **epoch_metrics()}``.
-        epoch_metrics: extra per-epoch metrics (e.g. the exported density).
+        epoch_metrics: extra per-epoch metrics (e.g. the kept parameters).
+        topology: the model's topology, when the caller already built it.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
@@ -170,6 +173,7 @@ def train(
         sample_batch=sample_batch,
         loss_fn=loss_fn,
         seed=cfg.seed,
+        topology=topology,
     )
     method.attach(model, ctx)
     opt = _optimizer(model, method, cfg)

@@ -1,43 +1,41 @@
 """Hard masks → a compact plain-PyTorch model, and exact parameter counting.
 
-This is the only place that performs surgery (STYLE.md §2: methods score, export cuts).
+This is the only place that performs surgery (STYLE.md §2: methods score, export cuts). On a
+plain copy of the model: parametrizations are removed with the hard masks baked in (gates are
+dropped), then every channel that is not live (:class:`prunetune.prune._topology.Topology`:
+closed — it outputs exactly zero — or unused) is removed through torch-pruning, group by group,
+with its BatchNorm entries, biases and the next layers' input columns. Removing them changes no
+output. A group whose channels are all dead keeps one zeroed channel, and the export is marked
+``collapsed``: the model's output no longer depends on its input through that group.
 
-A hidden unit (neuron or conv channel) is removed when it is
-
-* **unused** — no kept outgoing weight reaches a unit that is itself used (computed backwards
-  from the outputs), or
-* **constant** — no kept incoming weight from a varying unit. Its output is then a constant
-  that is folded into the next layer's bias, exactly (for a next conv, only when that conv has
-  no zero padding; otherwise the unit is kept).
-
-"Parameters" are the nonzero weights plus the biases of kept units in the compact model;
-``params_dense`` counts every weight and bias of the unpruned model.
+"Parameters" are the nonzero entries of the compact model's parameters (masked weights between
+live channels, biases and norm affine parameters of live channels, every other parameter);
+``params_dense`` counts every parameter of the unpruned model.
 
 Example:
     >>> import torch
     >>> from prunetune.models import build_model, mlp_spec
     >>> from prunetune.prune import Mask, export_compact
-    >>> spec = mlp_spec((4,), [3], num_outputs=2)
-    >>> model = build_model(spec)
+    >>> model = build_model(mlp_spec((4,), [3], num_outputs=2))
     >>> masks = {"0": Mask(torch.tensor([[1., 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]])),
     ...          "2": Mask(torch.tensor([[1., 0, 0], [0, 0, 1]]))}
-    >>> export_compact(model, spec, masks).params   # 2 + 2 weights, 2 + 2 biases
+    >>> export_compact(model, masks, torch.zeros(1, 4)).params   # 2 + 2 weights, 2 + 2 biases
     8
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from prunetune.models import ArchSpec, build_model
 from prunetune.prune._base import Mask
-from prunetune.prune._topology import Layer, prunable_layers, raw_bias, raw_weight
+from prunetune.prune._topology import PRUNABLE, ChannelGroup, Topology, fix_concat, raw_param
 
 
 @dataclass
@@ -45,197 +43,227 @@ class ExportResult:
     """A compact model and its exact counts.
 
     Attributes:
-        model: plain ``nn.Sequential`` without masks or dead units.
-        arch: architecture spec that rebuilds ``model`` with :func:`prunetune.models.build_model`.
-        params: nonzero weights + biases of kept units.
-        params_dense: all weights and biases of the unpruned model.
-        per_layer: per prunable layer ``{"kept", "total", "density", "units", "units_dense"}``.
-        kept_units: indices (into the original layer) of the units kept, per prunable layer.
+        model: plain ``nn.Module`` (same classes as the original) without masks or dead
+            channels, in eval mode.
+        params: nonzero parameters of ``model``.
+        params_dense: all parameters of the unpruned model.
+        per_layer: per prunable layer ``{"kept", "total", "density", "weight_density",
+            "units", "units_dense"}``.
+        kept_units: per prunable layer, the indices (into the original layer) of the output
+            channels kept.
+        collapsed: some channel group lost every channel (one zeroed channel was kept).
+        arch: an architecture spec that rebuilds ``model`` with
+            :func:`prunetune.models.build_model`, when ``model`` is such an ``nn.Sequential``.
+        live_neurons: live channels of the prunable channel groups.
     """
 
-    model: nn.Sequential
-    arch: ArchSpec
+    model: nn.Module
     params: int
     params_dense: int
     per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
     kept_units: dict[str, list[int]] = field(default_factory=dict)
+    collapsed: bool = False
+    arch: dict[str, Any] | None = None
+    live_neurons: int = 0
 
     @property
     def density(self) -> float:
         return self.params / self.params_dense
 
-    @property
-    def live_neurons(self) -> int:
-        """Kept hidden units (the last layer's outputs are not counted)."""
-        names = list(self.kept_units)[:-1]
-        return sum(len(self.kept_units[n]) for n in names)
 
-
-def _masked(layer: Layer, mask: Mask | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    w = raw_weight(layer.module).detach().clone()
-    b = raw_bias(layer.module)
-    b = b.detach().clone() if b is not None else None
-    if mask is not None:
-        if tuple(mask.weight.shape) != tuple(w.shape):
+def _check_masks(masks: Mapping[str, Mask], model: nn.Module) -> None:
+    for name, m in masks.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if not isinstance(module, PRUNABLE):
+            raise ValueError(f"mask for {name!r}, which is not a prunable layer of the model.")
+        w = raw_param(module, "weight")
+        if tuple(m.weight.shape) != tuple(w.shape):
             raise ValueError(
-                f"mask of layer {layer.name} has shape {tuple(mask.weight.shape)}, "
+                f"mask of layer {name} has shape {tuple(m.weight.shape)}, "
                 f"but its weight has shape {tuple(w.shape)}."
             )
-        w = w * mask.weight.to(w)
-        if mask.bias is not None and b is not None:
-            b = b * mask.bias.to(b)
-    return w, b
+        for t in (m.weight, m.bias):
+            if t is not None and not bool(((t == 0) | (t == 1)).all()):
+                raise ValueError(f"mask of layer {name} must contain only 0 and 1.")
 
 
-def _unit_connections(w: torch.Tensor, in_units: int, repeat: int) -> torch.Tensor:
-    """bool [out, in_units]: does unit i receive any nonzero weight from input unit j?"""
-    nz = w != 0
-    if w.dim() == 4:  # conv: [out, in, kh, kw]
-        return nz.flatten(2).any(2)
-    return nz.view(w.shape[0], in_units, repeat).any(2)
+def plain_copy(model: nn.Module, masks: Mapping[str, Mask]) -> nn.Module:
+    """A copy of ``model`` in eval mode with every parametrization baked in and removed, and
+    the hard ``masks`` applied to the weights (and biases) they cover."""
+    for module in model.modules():  # per-step samples are not leaves: deepcopy refuses them
+        if hasattr(module, "clear_cache"):
+            module.clear_cache()
+    was_training = model.training
+    model.eval()
+    try:
+        plain = copy.deepcopy(model)
+    finally:
+        model.train(was_training)
+    with torch.no_grad():
+        for module in plain.modules():
+            _bake(module)
+    for module in plain.modules():  # hooks of methods (e.g. a forward counter) stay behind
+        module._forward_pre_hooks.clear()
+        module._forward_hooks.clear()
+    with torch.no_grad():
+        for name, m in masks.items():
+            mod = plain.get_submodule(name)
+            mod.weight.mul_(m.weight.to(mod.weight))
+            if m.bias is not None and mod.bias is not None:
+                mod.bias.mul_(m.bias.to(mod.bias))
+    return plain.eval()
 
 
-def _through(
-    between: tuple[nn.Module, ...], values: torch.Tensor, spatial: tuple[int, int]
-) -> torch.Tensor:
-    """Push per-unit constants through the ops between two layers; per-unit outputs back."""
-    x = (
-        values.view(1, -1, 1, 1).expand(1, values.numel(), *spatial)
-        if spatial != (1, 1)
-        else values.view(1, -1)
-    )
-    if spatial != (1, 1):
-        x = x.contiguous()
-    for m in between:
-        x = m(x)
-    if x.dim() == 4:
-        return x[0, :, 0, 0]
-    if spatial != (1, 1):  # flattened feature maps: one constant per channel
-        return x.view(values.numel(), -1)[:, 0]
-    return x[0]
+def _bake(module: nn.Module) -> None:
+    """Replace a (deep-copied) module's parametrized tensors by plain parameters holding their
+    current values. ``parametrize.remove_parametrizations`` would delete the property from the
+    parametrized class, which a deep copy shares with the original module."""
+    if not parametrize.is_parametrized(module):
+        return
+    values = {n: getattr(module, n).detach().clone() for n in module.parametrizations}
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for n, v in values.items():
+        module.register_parameter(n, nn.Parameter(v))
 
 
 @torch.no_grad()
-def export_compact(model: nn.Module, arch: ArchSpec, masks: dict[str, Mask]) -> ExportResult:
+def export_compact(
+    model: nn.Module,
+    masks: Mapping[str, Mask],
+    example: torch.Tensor | None = None,
+    *,
+    topology: Topology | None = None,
+) -> ExportResult:
     """Build the compact model of ``model`` under hard ``masks``.
 
     Args:
-        model: the (possibly parametrized) ``nn.Sequential`` the masks belong to.
-        arch: the architecture spec ``model`` was built from.
+        model: the model the masks belong to, plain or with masks attached.
         masks: hard 0/1 masks per prunable layer name; a layer without a mask is kept dense.
+        example: an input batch (for tracing); optional when ``topology`` is given.
+        topology: the model's topology (built from the plain copy when not given).
 
     Raises:
         ValueError: a mask does not match its layer or is not exactly 0/1.
     """
-    for name, m in masks.items():
-        for t in (m.weight, m.bias):
-            if t is not None and not bool(((t == 0) | (t == 1)).all()):
-                raise ValueError(f"mask of layer {name} must contain only 0 and 1.")
-    layers = prunable_layers(model, arch["input_shape"])
-    n = len(layers)
-    wb = [_masked(layer, masks.get(layer.name)) for layer in layers]
-    conns = [
-        _unit_connections(w, layer.in_units, layer.in_repeat)
-        for (w, _), layer in zip(wb, layers, strict=True)
-    ]
+    _check_masks(masks, model)
+    plain = plain_copy(model, masks)
+    if example is None:
+        if topology is None:
+            raise ValueError("export_compact needs an example batch or the model's topology.")
+        example = topology.example
+    example = example.to(next(plain.parameters()).device)
+    topo = Topology.build(plain, example)
+    weights = {name: m.weight for name, m in masks.items()}
+    open_ = topo.open_channels(weights)
+    live = open_ & topo.used_channels(weights)
+    params = topo.count(plain, weights, live)
+    per_layer = topo.per_layer(plain, weights, live)
 
-    # Backwards: which units feed (through kept weights) a used unit downstream.
-    used = [torch.ones(layer.out_units, dtype=torch.bool) for layer in layers]
-    for i in range(n - 1, 0, -1):
-        used[i - 1] = (conns[i] & used[i][:, None]).any(0)
-
-    # Forwards: which units vary with the input; constant units are folded into the next bias.
-    varying = [torch.ones(layer.out_units, dtype=torch.bool) for layer in layers]
-    prev_vary = torch.ones(layers[0].in_units, dtype=torch.bool)
-    for i in range(n):
-        varying[i] = (conns[i] & prev_vary[None, :]).any(1)
-        nxt = layers[i + 1] if i + 1 < n else None
-        if (
-            nxt is not None
-            and isinstance(nxt.module, nn.Conv2d)
-            and any(p != 0 for p in nxt.module.padding)
-        ):
-            varying[i] = torch.ones_like(varying[i])  # folding through zero padding is not exact
-        prev_vary = varying[i]
-
-    kept = [used[i] & varying[i] for i in range(n - 1)] + [
-        torch.ones(layers[-1].out_units, dtype=torch.bool)
-    ]
-
-    new_layers: dict[int, dict[str, Any]] = {}
-    per_layer: dict[str, dict[str, float]] = {}
-    params = 0
-    params_dense = 0
-    prev_kept = torch.ones(layers[0].in_units, dtype=torch.bool)
-    const_in: torch.Tensor | None = None  # per-unit constant outputs of the previous layer
-    prev_const_mask = torch.zeros(layers[0].in_units, dtype=torch.bool)
-    for i, layer in enumerate(layers):
-        w, b = wb[i]
-        params_dense += w.numel() + (b.numel() if b is not None else 0)
-        rep = layer.in_repeat
-        in_cols = prev_kept.repeat_interleave(rep) if w.dim() == 2 else prev_kept
-        # Fold the previous layer's constant units into this bias.
-        if const_in is not None and bool(prev_const_mask.any()):
-            c = torch.where(prev_const_mask, const_in, torch.zeros_like(const_in))
-            if w.dim() == 2:
-                fold = w @ c.repeat_interleave(rep)
-            else:
-                fold = (w.sum((2, 3)) * c[None, :]).sum(1)
-            b = fold if b is None else b + fold
-        # Constant outputs of this layer (pre-activation), pushed through the ops that follow.
-        const_mask = ~varying[i] if i < n - 1 else torch.zeros(layer.out_units, dtype=torch.bool)
-        if bool(const_mask.any()):
-            pre = b if b is not None else torch.zeros(layer.out_units)
-            nxt_between = layers[i + 1].between
-            const_in = _through(nxt_between, pre.clone(), layer.out_spatial)
-        else:
-            const_in = None
-        prev_const_mask = const_mask
-
-        w_new = w[kept[i]][:, in_cols] if w.dim() == 2 else w[kept[i]][:, prev_kept]
-        b_new = b[kept[i]] if b is not None else None
-        n_w = int((w_new != 0).sum())
-        n_b = int(b_new.numel()) if b_new is not None else 0
-        params += n_w + n_b
-        total = w.numel() + (layer.out_units if raw_bias(layer.module) is not None else 0)
-        per_layer[layer.name] = {
-            "kept": n_w + n_b,
-            "total": total,
-            "density": (n_w + n_b) / total,
-            "weight_density": n_w / w.numel(),
-            "units": int(kept[i].sum()),
-            "units_dense": layer.out_units,
-        }
-        new_layers[layer.index] = {"w": w_new, "b": b_new}
-        prev_kept = kept[i]
-
-    # Rebuild the arch spec with the compact sizes, then load the compact weights.
-    spec = copy.deepcopy(arch)
-    for k, layer in enumerate(layers):
-        d = spec["layers"][layer.index]
-        d["out"] = int(kept[k].sum())
-        if k > 0:
-            d["in"] = int(kept[k - 1].sum()) * (layer.in_repeat if d["type"] == "linear" else 1)
-        d["bias"] = new_layers[layer.index]["b"] is not None
-    with warnings.catch_warnings():  # a fully pruned layer has zero-sized weights
-        warnings.simplefilter("ignore", UserWarning)
-        compact = build_model(spec)
-    for idx, t in new_layers.items():
-        mod = compact[idx]
-        mod.weight.copy_(t["w"])
-        if t["b"] is not None:
-            mod.bias.copy_(t["b"])
-    compact.eval()
+    kept_units: dict[str, list[int]] = {
+        layer.name: list(range(layer.out_units)) for layer in topo.layers
+    }
+    collapsed = False
+    dg = topo.dg
+    for g in topo.groups:
+        _zero_channels(plain, g, ~topo.group_slice(open_, g), consumers=False)  # closed → 0
+        alive = topo.group_slice(live, g).clone()
+        if not bool(alive.any()):
+            collapsed = True
+            alive[0] = True
+            one = torch.zeros_like(alive)
+            one[0] = True
+            _zero_channels(plain, g, one, consumers=True)
+        for p in g.producers:
+            rows = p.idx[alive[p.root]]
+            kept_units[p.name] = sorted(int(i) for i in rows)
+        dead = torch.nonzero(~alive).flatten().tolist()
+        if not dead:
+            continue
+        fix_concat(dg)  # offsets move as groups feeding a concatenation shrink
+        root = plain.get_submodule(g.root)
+        handler = dg.get_pruner_of_module(root).prune_out_channels
+        group = dg.get_pruning_group(root, handler, idxs=dead)
+        if not dg.check_pruning_group(group):
+            raise ValueError(f"torch-pruning refuses to remove {len(dead)} channels of {g.root}.")
+        group.prune()
+    for module in plain.modules():
+        if parametrize.is_parametrized(module):  # pragma: no cover - removed above
+            raise AssertionError("parametrizations left after baking")
+    compact = plain.eval()
+    counted = count_params(compact)
+    if counted != params:
+        raise AssertionError(
+            f"export kept {counted} nonzero parameters, but the topology counts {params}."
+        )
     return ExportResult(
         model=compact,
-        arch=spec,
         params=params,
-        params_dense=params_dense,
+        params_dense=topo.dense,
         per_layer=per_layer,
-        kept_units={
-            layer.name: torch.nonzero(kept[i]).flatten().tolist() for i, layer in enumerate(layers)
-        },
+        kept_units=kept_units,
+        collapsed=collapsed,
+        arch=_arch_of(compact, tuple(example.shape[1:])),
+        live_neurons=int(live.sum()),
     )
+
+
+def _zero_channels(
+    model: nn.Module, group: ChannelGroup, channels: torch.Tensor, *, consumers: bool
+) -> None:
+    """Zero the rows, biases and norm entries of ``channels`` (bool over the group's channels)
+    — a closed channel then outputs exactly zero — and, with ``consumers``, the columns that
+    read them (a collapsed group keeps one such channel so that the model keeps its shapes)."""
+    if not bool(channels.any()):
+        return
+    for m in (*group.producers, *group.norms):
+        mod = model.get_submodule(m.name)
+        rows = m.idx[channels[m.root]]
+        for p in ("weight", "bias"):
+            t = getattr(mod, p, None)
+            if t is not None:
+                t[rows] = 0
+    if consumers:
+        for c in group.consumers:
+            mod = model.get_submodule(c.name)
+            mod.weight[:, c.idx[channels[c.root]]] = 0
+
+
+def _arch_of(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """The architecture spec of an ``nn.Sequential`` of the layers prunetune.models builds."""
+    from prunetune.models import ACTIVATIONS
+
+    if not isinstance(model, nn.Sequential):
+        return None
+    names = {cls: name for name, cls in ACTIVATIONS.items()}
+    layers: list[dict[str, Any]] = []
+    for m in model:
+        if isinstance(m, nn.Linear):
+            d = {"type": "linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.Conv2d) and m.groups == 1 and len(set(m.kernel_size)) == 1:
+            d = {
+                "type": "conv2d",
+                "in": m.in_channels,
+                "out": m.out_channels,
+                "kernel": m.kernel_size[0],
+                "stride": m.stride[0],
+                "padding": m.padding[0],
+            }
+        elif isinstance(m, nn.Flatten):
+            d = {"type": "flatten"}
+        elif isinstance(m, nn.MaxPool2d) and isinstance(m.kernel_size, int):
+            d = {"type": "maxpool2d", "kernel": m.kernel_size}
+        elif type(m) in names:
+            d = {"type": names[type(m)]}
+        else:
+            return None
+        if "in" in d:
+            d["bias"] = m.bias is not None
+        layers.append(d)
+    return {"input_shape": list(input_shape), "layers": layers}
 
 
 def count_params(model: nn.Module) -> int:

@@ -25,6 +25,7 @@ from torch import nn
 from prunetune.prune._base import PruneContext, register_method
 from prunetune.prune._hparams import Float, HParamTable
 from prunetune.prune._scoring import DENSITY, SCOPE, ScoredMasks
+from prunetune.prune._topology import Topology, raw_weight
 from prunetune.prune.snip import SAMPLES
 
 
@@ -56,6 +57,30 @@ class GraSP(ScoredMasks):
         "samples": SAMPLES,
         "temperature": Float(1.0, 1000.0, 200.0, log=True, help="logits are divided by T"),
     }
+
+    @classmethod
+    def check(cls, topology: Topology) -> None:
+        """GraSP needs second derivatives of the model: probe one double backward on the
+        topology's example batch (torch has none for some ops, e.g. hardsigmoid)."""
+        model = topology.model
+        ws = [raw_weight(layer.module) for layer in topology.layers]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                x = topology.example.to(ws[0].device)
+                g = torch.autograd.grad(model(x).square().mean(), ws, create_graph=True)
+                z = sum(t.square().sum() for t in g)
+                torch.autograd.grad(z, ws, allow_unused=True)
+        except RuntimeError as e:
+            op = str(e).splitlines()[0]
+            raise ValueError(
+                f"method grasp cannot prune {type(model).__name__} (layer "
+                f"{topology.layers[0].name} onwards): it needs second derivatives, and torch "
+                f"has none for an op the model uses ({op})."
+            ) from None
+        finally:
+            model.train(was_training)
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         super().attach(model, ctx)

@@ -26,7 +26,13 @@ from torch.nn.utils import parametrize
 from prunetune.prune import _fused
 from prunetune.prune._base import Mask, PruneContext, PruningMethod, register_method
 from prunetune.prune._hparams import Choice, Float, HParamTable
-from prunetune.prune._topology import raw_bias, raw_weight
+from prunetune.prune._masking import (
+    ChannelSource,
+    Clock,
+    attach_channel_masks,
+    channel_layer_masks,
+)
+from prunetune.prune._topology import Topology, raw_weight
 
 SCHEDULES = ("constant", "linear", "exponential", "cosine")
 
@@ -134,6 +140,10 @@ class GumbelGate(nn.Module):
     def _sampling(self) -> bool:
         return self.training and torch.is_grad_enabled()
 
+    def clear_cache(self) -> None:
+        """Forget this step's sample (before a deep copy)."""
+        self._sample = self._p = self._expected = None
+
     def sample(self) -> torch.Tensor:
         if self._sampling():
             self._sample, self._p = _HardConcrete.apply(self.logits, self.tau)
@@ -170,30 +180,76 @@ class GumbelGate(nn.Module):
 
 
 class _WeightMask(nn.Module):
-    """Parametrization of ``weight``: samples the gate (shared with the bias for neurons)."""
-
-    def __init__(self, gate: GumbelGate, neuron: bool, weight_dim: int) -> None:
-        super().__init__()
-        self.gate = gate
-        self.view = (-1,) + (1,) * (weight_dim - 1) if neuron else None
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.view is None:
-            return self.gate.masked(w)
-        return w * self.gate.sample().view(self.view)
-
-
-class _BiasMask(nn.Module):
-    """Parametrization of ``bias`` for neuron gates: reuses the sample drawn for the weight
-    (``nn.Linear``/``nn.Conv2d`` read ``weight`` before ``bias`` in ``forward``)."""
+    """Parametrization of a prunable layer's ``weight`` by its per-weight gate."""
 
     def __init__(self, gate: GumbelGate) -> None:
         super().__init__()
         self.gate = gate
 
-    def forward(self, b: torch.Tensor) -> torch.Tensor:
-        m = self.gate._sample if self.gate._sample is not None else self.gate.sample()
-        return b * m
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.gate.masked(w)
+
+
+class _GatedChannels(ChannelSource):
+    """Channel gates (granularity ``neuron``): one gate per channel of every channel group,
+    sampled once per forward pass and shared by all of the channel's members."""
+
+    def __init__(self, gate: GumbelGate, clock: Clock) -> None:
+        super().__init__()
+        self.gate = gate
+        self.clock = clock
+        self._tick = -1
+        self._v: torch.Tensor | None = None
+
+    def vector(self) -> torch.Tensor:
+        g = self.gate
+        if g._sampling():
+            if self._tick != self.clock.tick or self._v is None:
+                self._tick = self.clock.tick
+                s = g.sample()
+                self._v = torch.cat([s, s.new_ones(1)])
+            return self._v
+        h = g.hard()
+        return torch.cat([h, h.new_ones(1)])
+
+    def clear_cache(self) -> None:
+        self._v, self._tick = None, -1
+
+
+class _OpenRows(ChannelSource):
+    """Channel closing for per-weight gates: a channel is open while some producer row keeps a
+    weight (``θ > 0``); closed channels get their biases and norm parameters masked."""
+
+    def __init__(self, topology: Topology, gates: dict[str, GumbelGate], clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.n = topology.channels
+        self._rows = [
+            (gates[p.name], p.idx, g.offset + p.root)
+            for g in topology.groups
+            for p in g.producers
+            if p.name in gates
+        ]
+        self._tick = -1
+        self._v: torch.Tensor | None = None
+
+    def vector(self) -> torch.Tensor:
+        training = bool(self._rows) and self._rows[0][0]._sampling()
+        if training and self._tick == self.clock.tick and self._v is not None:
+            return self._v
+        self._tick = self.clock.tick
+        dev = self._rows[0][0].logits.device if self._rows else torch.device("cpu")
+        acc = torch.zeros(self.n + 1, device=dev)
+        acc[-1] = 1.0
+        for gate, idx, flat in self._rows:
+            with torch.no_grad():
+                rows = (gate.logits > 0).flatten(1)[idx.to(dev)].any(1).float()
+            acc.index_add_(0, flat.to(dev), rows)
+        self._v = (acc > 0).float()
+        return self._v
+
+    def clear_cache(self) -> None:
+        self._v, self._tick = None, -1
 
 
 @register_method
@@ -226,35 +282,34 @@ class GumbelPruning(PruningMethod):
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         c = self.config
         self.ctx = ctx
+        topo = ctx.topology
         self._layers = ctx.layers
         init = math.log(c["init_keep_prob"] / (1.0 - c["init_keep_prob"]))
         self.neuron = c["granularity"] == "neuron"
+        self.dense_count = topo.dense
+        self.clock = Clock(model)
+        device = raw_weight(self._layers[0].module).device
         self.gates: dict[str, GumbelGate] = {}
-        self.dense_count = 0
-        self._fixed_count = 0  # per-weight gates: the output layer's biases, always counted
-        for i, layer in enumerate(self._layers):
-            w = raw_weight(layer.module)
-            self.dense_count += w.numel() + (
-                layer.out_units if raw_bias(layer.module) is not None else 0
-            )
-            last = i == len(self._layers) - 1
-            if self.neuron and last:
-                continue  # output units are never pruned
-            has_bias = raw_bias(layer.module) is not None
-            if self.neuron:
-                gate = GumbelGate((layer.out_units,), init)
-            else:
-                gate = GumbelGate(tuple(w.shape), init, count_rows=has_bias and not last)
-                self._fixed_count += layer.out_units if has_bias and last else 0
-            gate = gate.to(w.device)
-            parametrize.register_parametrization(
-                layer.module, "weight", _WeightMask(gate, self.neuron, w.dim()), unsafe=True
-            )
-            if self.neuron and has_bias:
+        if self.neuron:
+            gate = GumbelGate((topo.channels,), init).to(device)
+            self.gates["channels"] = gate
+            self._source: ChannelSource = _GatedChannels(gate, self.clock)
+            attach_channel_masks(model, topo, self._source, rows=True)
+        else:
+            extras, self._const = topo.weight_gating_terms()
+            self._extras: dict[str, float] = {}  # root layer → bias/norm entries per channel
+            for g in topo.groups:
+                self._extras[g.root] = extras[g.offset : g.offset + g.size].float().mean().item()
+            for layer in self._layers:
+                w = raw_weight(layer.module)
+                rows = self._extras.get(layer.name, 0.0) > 0
+                gate = GumbelGate(tuple(w.shape), init, count_rows=rows).to(device)
                 parametrize.register_parametrization(
-                    layer.module, "bias", _BiasMask(gate), unsafe=True
+                    layer.module, "weight", _WeightMask(gate), unsafe=True
                 )
-            self.gates[layer.name] = gate
+                self.gates[layer.name] = gate
+            self._source = _OpenRows(topo, self.gates, self.clock)
+            attach_channel_masks(model, topo, self._source, rows=False)
         self._step = 0
         self._epoch = 0
         self._set_tau(0)
@@ -283,27 +338,21 @@ class GumbelPruning(PruningMethod):
 
     # -- penalty ------------------------------------------------------------------------------
     def expected_params(self) -> torch.Tensor:
-        """E[kept weights + biases of live units] under the current keep probabilities."""
-        if not self.neuron:
-            # Σ p_ij, plus Σ_i P(unit i keeps ≥ 1 incoming weight) for hidden layers' biases
-            counts = [g.expected_count() for g in self.gates.values()]
-            return torch.stack(counts).sum() + self._fixed_count
+        """E[kept parameters] under the current keep probabilities (:meth:`Topology.count`'s
+        definition): channel gates through :meth:`Topology.expected`; per-weight gates as
+        Σ σ(θ) plus, per channel group, its bias/norm entries times P(root row keeps a weight)."""
+        if self.neuron:
+            return self.ctx.topology.expected(self.gates["channels"].keep_prob())
         total = torch.zeros((), device=next(iter(self.gates.values())).logits.device)
-        prev_units: torch.Tensor | None = None  # E[# live units] of the previous layer
-        for layer in self._layers:
-            w = raw_weight(layer.module)
-            has_bias = raw_bias(layer.module) is not None
-            gate = self.gates.get(layer.name)
-            per_unit_in = w[0].numel() // layer.in_units  # kernel size × repeat
-            q = (
-                gate.keep_prob()
-                if gate is not None
-                else torch.ones(layer.out_units, device=w.device)
-            )
-            inputs = prev_units if prev_units is not None else torch.tensor(float(layer.in_units))
-            total = total + q.sum() * inputs * per_unit_in + (q.sum() if has_bias else 0.0)
-            prev_units = q.sum()
-        return total
+        for name, gate in self.gates.items():
+            m = self._extras.get(name, 0.0)
+            if m == 0.0 or m == 1.0:
+                total = total + gate.expected_count()
+            else:
+                e = gate.expected_count()
+                kept = torch.sigmoid(gate.logits).sum()
+                total = total + kept + m * (e - kept)
+        return total + self._const
 
     def penalty(self) -> torch.Tensor:
         density = self.expected_params() / self.dense_count
@@ -314,20 +363,12 @@ class GumbelPruning(PruningMethod):
 
     # -- masks --------------------------------------------------------------------------------
     def masks(self) -> dict[str, Mask]:
-        out = {}
-        for layer in self._layers:
-            w = raw_weight(layer.module)
-            gate = self.gates.get(layer.name)
-            if gate is None:
-                out[layer.name] = Mask(weight=torch.ones_like(w).detach())
-            elif self.neuron:
-                h = gate.hard()
-                out[layer.name] = Mask(
-                    weight=h.view((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone(), bias=h.clone()
-                )
-            else:
-                out[layer.name] = Mask(weight=gate.hard().clone())
-        return out
+        if self.neuron:
+            h = self.gates["channels"].hard()
+            return channel_layer_masks(self.ctx.topology, torch.cat([h, h.new_ones(1)]))
+        return {
+            layer.name: Mask(weight=self.gates[layer.name].hard().clone()) for layer in self._layers
+        }
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [

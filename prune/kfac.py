@@ -47,7 +47,6 @@ Example:
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any, ClassVar
 
 import torch
@@ -56,7 +55,7 @@ from torch import nn
 from prunetune.prune._base import register_method
 from prunetune.prune._hparams import Choice, Float, HParamTable, Int
 from prunetune.prune._neurons import NEURON_HPARAMS, NeuronPruning
-from prunetune.prune._topology import Layer, raw_bias, raw_weight
+from prunetune.prune._topology import Layer, Topology, raw_bias, raw_weight
 
 
 def layer_inputs(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
@@ -192,31 +191,59 @@ class KFACNeuronPruning(NeuronPruning):
             p.grad = None
         self._refresh()
 
-    def neuron_scores(self) -> dict[str, torch.Tensor]:
+    @classmethod
+    def check(cls, topology: Topology) -> None:
+        """K-FAC's per-layer saliency needs each unit made by one layer and read by at most one
+        (a chain of Linear/Conv2d layers, no normalisation)."""
+        for layer in topology.layers:
+            if not isinstance(layer.module, nn.Linear | nn.Conv2d) or layer.kind == "grouped":
+                raise ValueError(
+                    f"method kfac cannot prune layer {layer.name}: it is a "
+                    f"{type(layer.module).__name__} ({layer.kind}); K-FAC factors are written "
+                    "for Linear and Conv2d layers (use magnitude_neuron or gumbel)."
+                )
+        for g in topology.groups:
+            why = None
+            if len(g.producers) != 1:
+                why = f"its channels are made by {len(g.producers)} layers (a residual add?)"
+            elif g.norms:
+                why = f"its channels are normalised by {g.norms[0].name}"
+            elif len(g.consumers) > 1:
+                why = f"its channels are read by {len(g.consumers)} layers"
+            elif topology.by_name[g.root].kind not in ("linear", "conv"):
+                why = f"it is a {topology.by_name[g.root].kind} conv"
+            if why:
+                raise ValueError(
+                    f"method kfac cannot prune layer {g.root}: {why}; K-FAC neuron saliency "
+                    "needs a chain of Linear/Conv2d layers (use magnitude_neuron or gumbel)."
+                )
+
+    def neuron_scores(self) -> torch.Tensor:
         if any(layer.name not in self.A for layer in self.ctx.layers):
             self._estimate()
-        layers = self.ctx.layers
+        out = torch.zeros(self.ctx.topology.channels, dtype=torch.float64)
+        by_name = self.ctx.topology.by_name
         with torch.no_grad():
-            if self.config["saliency"] == "incoming":
-                return {
-                    layer.name: neuron_saliency(
+            for g in self.ctx.topology.groups:
+                layer = by_name[g.producers[0].name]
+                if self.config["saliency"] == "incoming":
+                    s = neuron_saliency(
                         raw_weight(layer.module),
                         raw_bias(layer.module),
                         self.A[layer.name],
                         self.G[layer.name],
                     )
-                    for layer in self.hidden
-                }
-            return {
-                layer.name: outgoing_saliency(
-                    raw_weight(nxt.module),
-                    self.A[nxt.name],
-                    self.G[nxt.name],
-                    layer.out_units,
-                    raw_bias(nxt.module) is not None,
-                )
-                for layer, nxt in pairwise(layers)
-            }
+                else:
+                    nxt = by_name[g.consumers[0].name]
+                    s = outgoing_saliency(
+                        raw_weight(nxt.module),
+                        self.A[nxt.name],
+                        self.G[nxt.name],
+                        layer.out_units,
+                        raw_bias(nxt.module) is not None,
+                    )
+                out[g.offset : g.offset + g.size] = s.double().cpu()
+        return out
 
     def penalty(self) -> torch.Tensor | None:
         if self.config["flat"] == 0 or not self.eig:

@@ -56,13 +56,17 @@ class MagnitudePruning(ScoredMasks):
 
 @register_method
 class MagnitudeNeuronPruning(NeuronPruning):
-    """Remove the hidden units with the smallest incoming-weight L2 norm, on a schedule."""
+    """Remove the channels with the smallest incoming-weight L2 norm, on a schedule."""
 
     name = "magnitude_neuron"
     hparams: ClassVar[HParamTable] = NEURON_HPARAMS
 
-    def neuron_scores(self) -> dict[str, torch.Tensor]:
-        return {
-            layer.name: raw_weight(layer.module).detach().flatten(1).norm(dim=1)
-            for layer in self.hidden
-        }
+    def neuron_scores(self) -> torch.Tensor:
+        """Per channel, the L2 norm of its incoming weights over all of its producers."""
+        sq = torch.zeros(self.ctx.topology.channels, dtype=torch.float64)
+        for g in self.ctx.topology.groups:
+            for p in g.producers:
+                w = raw_weight(self.model.get_submodule(p.name)).detach()
+                rows = w.flatten(1)[p.idx.to(w.device)].double().pow(2).sum(1).cpu()
+                sq.index_add_(0, g.offset + p.root, rows)
+        return sq.sqrt()

@@ -35,8 +35,8 @@ def synflow_scores(
     net: nn.Module, layers: list[Layer], masks: dict[str, torch.Tensor], input_shape
 ) -> dict[str, torch.Tensor]:
     """``|w ⊙ ∂R/∂w|`` with ``R = sum(net(1))``; ``net`` is already made positive, ``masks`` is
-    applied to the weights of ``layers`` (positions into ``net``)."""
-    ws = [net[layer.index].weight for layer in layers]
+    applied to the weights of ``layers`` (found in ``net`` by name)."""
+    ws = [net.get_submodule(layer.name).weight for layer in layers]
     w0 = [w.detach().clone() for w in ws]
     with torch.no_grad():
         for w, layer in zip(ws, layers, strict=True):

@@ -297,13 +297,22 @@ def reference_point(vspec: Any) -> tuple[float, float]:
     import torch
 
     from prunetune.datasets import dataset_info, load_dataset
-    from prunetune.models import build_model, family_spec
+    from prunetune.models import build_family
 
     m = spec.model
     widths = m.widths or (m.bounds("width")[1],) * m.bounds("depth")[1]
+    channels = [m.bounds("width")[1]] if m.family == "resnet" else m.channels
     info = dataset_info(spec.dataset)
-    arch = family_spec(m.family, info.input_shape, info.num_outputs, widths, m.channels, "relu")
-    dense = sum(p.numel() for p in build_model(arch).parameters())
+    model = build_family(
+        m.family,
+        info.input_shape,
+        info.num_outputs,
+        widths,
+        channels,
+        "relu",
+        depth=max(m.resnet_depths),
+    )
+    dense = sum(p.numel() for p in model.parameters())
     if MAXIMIZE[spec.metric]:
         return 0.0, float(dense)
     data = load_dataset(spec.dataset, data_dir=spec.data_dir)

@@ -42,7 +42,20 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     }
 
     m = spec.model
-    if m.widths is not None:
+    channels, resnet_depth = list(m.channels), 20
+    if m.family == "resnet":
+        widths = []
+        depths = m.resnet_depths
+        resnet_depth = (
+            depths[0]
+            if len(depths) == 1
+            else trial.suggest_categorical("model.resnet_depth", list(depths))
+        )
+        wlo, whi = m.bounds("width")
+        channels = [
+            wlo if wlo == whi else trial.suggest_int("model.width_0", wlo, whi, log=m.width_log)
+        ]
+    elif m.widths is not None:
         widths = list(m.widths)
     else:
         lo, hi = m.bounds("depth")
@@ -66,8 +79,9 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
         "model": {
             "family": m.family,
             "widths": widths,
-            "channels": list(m.channels),
+            "channels": channels,
             "activation": activation,
+            "depth": resnet_depth,
         },
         "method": {"name": method, **hp},
         "train": {

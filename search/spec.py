@@ -51,11 +51,16 @@ class _Strict(BaseModel):
 
 
 class ModelSpace(_Strict):
-    family: Literal["mlp", "lenet5", "cnn"] = "mlp"
+    family: Literal["mlp", "lenet5", "cnn", "resnet"] = "mlp"
     depth: tuple[int, int] | int = Field(
-        (1, 2), description="number of hidden FC layers [min, max]"
+        (1, 2), description="number of hidden FC layers [min, max] (mlp/lenet5/cnn)"
     )
-    width: tuple[int, int] | int = Field((16, 128), description="per-layer width [min, max]")
+    width: tuple[int, int] | int = Field(
+        (16, 128), description="per-layer width [min, max]; resnet: the first stage's width"
+    )
+    resnet_depth: tuple[Literal[8, 14, 20, 32], ...] | Literal[8, 14, 20, 32] = Field(
+        20, description="resnet depth (6n + 2), or a list to choose from"
+    )
     width_log: bool = True
     widths: tuple[int, ...] | None = Field(
         None, description="fixed hidden widths; overrides depth/width"
@@ -96,6 +101,11 @@ class ModelSpace(_Strict):
     def bounds(self, name: str) -> tuple[int, int]:
         v = getattr(self, name)
         return (v, v) if isinstance(v, int) else (v[0], v[1])
+
+    @property
+    def resnet_depths(self) -> tuple[int, ...]:
+        v = self.resnet_depth
+        return (v,) if isinstance(v, int) else tuple(v)
 
 
 class TrainSpace(_Strict):
@@ -205,6 +215,11 @@ class StudySpec(_Strict):
                 f"model.family 'lenet5' needs images of at least 20x20, but dataset "
                 f"{self.dataset!r} has input shape {tuple(shape)}"
             )
+        if self.model.family == "resnet" and (len(shape) != 3 or min(shape[1:]) < 8):
+            raise ValueError(
+                f"model.family 'resnet' needs images of at least 8x8, but dataset "
+                f"{self.dataset!r} has input shape {tuple(shape)}"
+            )
         return self
 
     @property
@@ -241,6 +256,8 @@ class StudySpec(_Strict):
             del o["max_val_loss"]
         if t["loss"] == "auto":
             del t["loss"]
+        if d["model"]["family"] != "resnet":
+            del d["model"]["resnet_depth"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -314,6 +331,43 @@ def _validate_train(train: TrainSpace) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def _validate_methods_fit_model(spec: StudySpec) -> None:
+    """Methods that cannot prune some structures (``PruningMethod.check``: KFAC needs a chain,
+    GraSP second derivatives) are tried on the study's model now, not mid-study."""
+    from prunetune.prune import METHODS, PruningMethod
+
+    picky = [
+        n for n in spec.methods if METHODS[n].check.__func__ is not PruningMethod.check.__func__
+    ]
+    if not picky:
+        return
+    import torch
+
+    from prunetune.datasets import dataset_info
+    from prunetune.models import build_family
+    from prunetune.prune import Topology
+
+    m = spec.model
+    info = dataset_info(spec.dataset)
+    widths = m.widths or (m.bounds("width")[0],) * m.bounds("depth")[0]
+    channels = [m.bounds("width")[0]] if m.family == "resnet" else m.channels
+    model = build_family(
+        m.family,
+        info.input_shape,
+        info.num_outputs,
+        widths,
+        channels,
+        "relu",
+        depth=min(m.resnet_depths),
+    )
+    topology = Topology.build(model, torch.zeros(2, *info.input_shape))
+    for name in picky:
+        try:
+            METHODS[name].check(topology)
+        except ValueError as e:
+            raise ConfigError(f"methods.{name}: {e}") from None
+
+
 class ValidatedSpec:
     """A :class:`StudySpec` plus its method and training ranges as checked tuples."""
 
@@ -323,6 +377,7 @@ class ValidatedSpec:
         self.method_ranges = _validate_methods(spec.methods)
         self.train_ranges = _validate_train(spec.train)
         _validate_objectives(spec)
+        _validate_methods_fit_model(spec)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.spec, item)

@@ -30,9 +30,10 @@ from prunetune.search._errors import ConfigError, format_pydantic
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    family: Literal["mlp", "lenet5", "cnn"] = "mlp"
+    family: Literal["mlp", "lenet5", "cnn", "resnet"] = "mlp"
     widths: tuple[int, ...] = Field((64, 32), description="hidden fully connected widths")
-    channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5)")
+    channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5; resnet: [width])")
+    depth: Literal[8, 14, 20, 32] = Field(20, description="resnet depth (6n + 2)")
     activation: Literal["relu", "silu", "tanh", "gelu"] = "relu"
 
     @field_validator("widths", "channels")
@@ -134,14 +135,21 @@ class TrialResult:
     export: Any = None  # prunetune.prune.ExportResult
     per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
     masks: dict[str, Any] = field(default_factory=dict)  # hard masks per prunable layer
+    dense: Any = None  # the masked dense model with masks baked in (prunetune.prune.plain_copy)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what the model expects, raw
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "history": self.history, "config": self.config}
 
     def save(self, directory: str | Path) -> Path:
-        """The trial's files (its checkpoint): ``model/{weights.pt,masks.pt,arch.json,
-        kept_units.json}`` — tensors that ``torch.load(weights_only=True)`` reads, and JSON —
-        and ``metrics/config/history/per_layer.json``."""
+        """The trial's files (its checkpoint), tensors that ``weights_only`` loaders read and
+        JSON: ``model/weights.safetensors`` + ``model/masks.safetensors`` (the masked dense
+        model, re-trainable: :func:`prunetune.prune.deliver.load_masked_state`),
+        ``model/input.json`` (shape, dtype, range and standardisation of raw inputs),
+        ``model/kept_units.json``, for built-in ``nn.Sequential`` families also the compact
+        ``model/{weights.pt,arch.json}``, and ``metrics/config/history/per_layer.json``."""
+        from prunetune.prune.deliver import save_masked_state
+
         d = Path(directory)
 
         def dump(name: str, obj: Any) -> None:
@@ -153,18 +161,63 @@ class TrialResult:
         dump("history.json", self.history)
         dump("per_layer.json", self.per_layer)
         if (ex := self.export) is not None:
-            dump("model/arch.json", ex.arch)
             dump("model/kept_units.json", ex.kept_units)
-            state = {k: v.detach().cpu().contiguous() for k, v in ex.model.state_dict().items()}
-            torch.save(state, d / "model" / "weights.pt")
-            masks = {
-                f"{name}.{part}": t.detach().cpu()
-                for name, m in self.masks.items()
-                for part, t in (("weight", m.weight), ("bias", m.bias))
-                if t is not None
-            }
-            torch.save(masks, d / "model" / "masks.pt")
+            dump("model/input.json", self.inputs)
+            if ex.arch is not None:
+                dump("model/arch.json", ex.arch)
+                state = {k: v.detach().cpu().contiguous() for k, v in ex.model.state_dict().items()}
+                torch.save(state, d / "model" / "weights.pt")
+        if self.dense is not None:
+            save_masked_state(self.dense, self.masks, d / "model")
         return d
+
+
+def build_trial_model(config: Mapping[str, Any] | TrialConfig) -> torch.nn.Module:
+    """The plain (unmasked, untrained) model of a trial config, built as ``run_trial`` builds
+    it (same seed, same initial weights)."""
+    from prunetune.datasets import dataset_info
+    from prunetune.models import build_family
+
+    cfg = parse_config(config)
+    info = dataset_info(cfg.dataset)
+    torch.manual_seed(cfg.train.seed)
+    return build_family(
+        cfg.model.family,
+        info.input_shape,
+        info.num_outputs,
+        cfg.model.widths,
+        cfg.model.channels,
+        cfg.model.activation,
+        depth=cfg.model.depth,
+    )
+
+
+def rebuild_compact(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The compact model of a saved trial (:meth:`TrialResult.save`) and its input description:
+    the model is rebuilt from ``config.json``, loaded with the masked dense weights, and cut
+    by :func:`prunetune.prune.export_compact` exactly as the trial cut it.
+
+    Raises:
+        ValueError: the directory lacks the files, or they do not fit the config's model.
+    """
+    from prunetune.prune import Mask, export_compact
+    from prunetune.prune.deliver import load_masked_state
+
+    d = Path(directory)
+    for f in ("config.json", "model/weights.safetensors", "model/masks.safetensors"):
+        if not (d / f).is_file():
+            raise ValueError(f"{d} must contain {f} (a saved trial).")
+    config = json.loads((d / "config.json").read_text())
+    inputs = json.loads((d / "model" / "input.json").read_text())
+    model = build_trial_model(config)
+    flat = load_masked_state(model, d / "model")
+    masks: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in flat.items():
+        layer, _, part = key.rpartition(".")
+        masks.setdefault(layer, {})[part] = t
+    hard = {n: Mask(weight=m["weight"], bias=m.get("bias")) for n, m in masks.items()}
+    example = torch.zeros(2, *inputs["shape"])
+    return export_compact(model, hard, example).model.eval(), inputs
 
 
 def flat_config(config: TrialConfig) -> dict[str, Any]:
@@ -215,8 +268,15 @@ def run_trial(
         ``live_neurons``, ``seconds`` (training time), plus the history and the export.
     """
     from prunetune.datasets import batches, load_dataset
-    from prunetune.models import build_model, family_spec
-    from prunetune.prune import TrainConfig, evaluate, export_compact, make_method, train
+    from prunetune.prune import (
+        Topology,
+        TrainConfig,
+        evaluate,
+        export_compact,
+        make_method,
+        plain_copy,
+        train,
+    )
 
     cfg = parse_config(config)
     if cfg.threads is not None:
@@ -225,22 +285,19 @@ def run_trial(
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=str(device))
     loss = _loss_for(cfg.train.loss, data.task, cfg.dataset)
     metric = "accuracy" if loss == "cross_entropy" else "loss"
-    arch = family_spec(
-        cfg.model.family,
-        data.input_shape,
-        data.num_outputs,
-        cfg.model.widths,
-        cfg.model.channels,
-        cfg.model.activation,
-    )
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(arch).to(device)
+    model = build_trial_model(cfg).to(device)
+    topology = Topology.build(model, data.x_train[:2])
     method = make_method(cfg.method)
+    try:
+        type(method).check(topology)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     tcfg = TrainConfig(loss=loss, **cfg.train.model_dump(exclude={"loss"}))
 
     def epoch_metrics() -> dict[str, float]:
-        ex = export_compact(model, arch, method.masks())
-        return {"density": ex.density, "params": float(ex.params)}
+        weights = {name: m.weight for name, m in method.masks().items()}
+        params = topology.count(model, weights)
+        return {"density": params / topology.dense, "params": float(params)}
 
     t0 = time.perf_counter()
     start_cpu = time.process_time()  # the process's CPU before its first training step
@@ -252,9 +309,11 @@ def run_trial(
         batches=lambda g: batches(data.x_train, data.y_train, tcfg.batch_size, generator=g),
         report=report,
         epoch_metrics=epoch_metrics,
+        topology=topology,
     )
     masks = method.masks()
-    ex = export_compact(model, arch, masks)
+    ex = export_compact(model, masks, topology=topology)
+    dense = plain_copy(model, masks).cpu()
     ex.model.to(device)
     val = evaluate(ex.model, data.x_val, data.y_val, loss=loss)
     test = evaluate(ex.model, data.x_test, data.y_test, loss=loss)
@@ -277,7 +336,23 @@ def run_trial(
         export=ex,
         per_layer=ex.per_layer,
         masks=masks,
+        dense=dense,
+        inputs={
+            "shape": list(data.input_shape),
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "mean": float(data.mean),
+            "std": float(data.std),
+        },
     )
 
 
-__all__ = ["TrialConfig", "TrialResult", "flat_config", "parse_config", "run_trial"]
+__all__ = [
+    "TrialConfig",
+    "TrialResult",
+    "build_trial_model",
+    "flat_config",
+    "parse_config",
+    "rebuild_compact",
+    "run_trial",
+]

@@ -32,7 +32,7 @@ def _toy_export():
         for i, w in ((0, w1), (2, w2), (4, w3)):
             model[i].weight.copy_(w)
     masks = {str(i): Mask((w != 0).float()) for i, w in ((0, w1), (2, w2), (4, w3))}
-    return export_compact(model, spec, masks)
+    return export_compact(model, masks, torch.zeros(1, 4))
 
 
 def _png_ok(path: Path) -> tuple[int, int]:

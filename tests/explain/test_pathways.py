@@ -23,9 +23,9 @@ from prunetune.prune import (
     FixedMask,
     Mask,
     PruneContext,
+    Topology,
     export_compact,
     make_method,
-    prunable_layers,
 )
 
 
@@ -93,7 +93,7 @@ def _random_masks(model, input_shape, seed: int, keep: float) -> dict[str, Mask]
     gen = torch.Generator().manual_seed(seed)
     return {
         layer.name: Mask((torch.rand(layer.module.weight.shape, generator=gen) < keep).float())
-        for layer in prunable_layers(model, input_shape)
+        for layer in Topology.build(model, torch.zeros(2, *input_shape)).layers
     }
 
 
@@ -109,7 +109,8 @@ def test_masks_argument_and_attached_masks_and_compact_export_agree():
         w = model[int(name)].weight.detach().double() * masks[name].weight.double()
         expected = w.abs() @ expected
     assert torch.allclose(by_masks.path_norm, expected, rtol=1e-12, atol=0)
-    ex = export_compact(model, spec, masks)
+    ex = export_compact(model, masks, torch.zeros(1, 6))
+    assert ex.arch is not None and ex.arch["input_shape"] == [6]
     compact = feature_importance(ex.model, ex.arch["input_shape"])
     assert torch.allclose(compact.path_norm, expected, rtol=1e-6, atol=1e-12)
     for name, m in masks.items():
@@ -234,7 +235,7 @@ def test_graph_of_masked_model_equals_graph_of_its_compact_export():
     model = build_model(spec)
     masks = _random_masks(model, (5,), seed=4, keep=0.35)
     g = pathway_graph(model, (5,), masks=masks)
-    ex = export_compact(model, spec, masks)
+    ex = export_compact(model, masks, torch.zeros(1, 5))
     gc = pathway_graph(ex.model, (5,), kept_units=ex.kept_units)
     assert g.units == gc.units
     assert g.components() == gc.components()

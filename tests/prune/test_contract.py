@@ -1,31 +1,35 @@
-"""Contract suite: every registered pruning method keeps the same promises.
+"""Contract suite: every registered pruning method keeps the same promises on every model.
 
-Parametrised over ``prunetune.prune.METHODS``, so a newly registered method is covered without
-editing this file: masks are exactly 0/1 and shaped like the weights, the compact export computes
-what the masked model computes, parameter counts are exact, seeds are API, and target-density
-methods land on their target.
+Parametrised over ``prunetune.prune.METHODS`` and the model zoo (``zoo.py``: MLP, LeNet-5, the
+resnet family, concatenated branches, MobileNetV2- and MobileNetV3-small-style nets, a
+ResNet-18 layout), so a newly registered method is covered without editing this file: masks are
+exactly 0/1 and shaped like the weights, the compact export computes what the masked model
+computes, parameter counts are exact (against the compact model's nonzero entries and an
+independent count), dead channel groups shrink the model, seeds are API, and target-density
+methods land on their target. The zoo × method grid beyond the fast models is marked ``slow``.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
+from zoo import ZOO, output_layer
 
 from prunetune.datasets import batches, load_dataset
 from prunetune.models import build_model, cnn_spec, mlp_spec
 from prunetune.prune import (
     METHODS,
+    Topology,
     TrainConfig,
     count_params,
     export_compact,
     make_method,
-    prunable_layers,
     train,
 )
 from prunetune.prune._hparams import validate_config
-from prunetune.prune._scoring import live_params
 from prunetune.prune._topology import raw_bias, raw_weight
 
 NAMES = sorted(METHODS)
@@ -77,8 +81,12 @@ class Run:
             batches=lambda g: batches(data.x_train, data.y_train, cfg.batch_size, generator=g),
         )
         self.masks = self.method.masks()
-        self.export = export_compact(self.model, spec, self.masks)
-        self.layers = prunable_layers(self.model, spec["input_shape"])
+        self.export = export_compact(self.model, self.masks, data.x_train[:2])
+        self.topology = Topology.build(build_model(spec), data.x_train[:2])
+        self.layers = [
+            SimpleNamespace(name=layer.name, module=self.model.get_submodule(layer.name))
+            for layer in self.topology.layers
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -97,27 +105,26 @@ def runs(data):
 
 
 def independent_count(run: Run) -> int:
-    """Count kept parameters of an MLP by explicit graph reachability over unit sets."""
+    """Count kept parameters of an MLP over explicit unit sets, from the definition: a hidden
+    unit is live when it keeps an incoming weight (else it is closed: bias masked, output 0)
+    and a kept outgoing weight; weights count between live units (inputs are all live), biases
+    of live units; output units are all kept. Only nonzero values count."""
     layers = run.layers
-    edges = []  # per layer: set of (out, in) with a kept nonzero weight
-    for layer in layers:
-        w = raw_weight(layer.module).detach() * run.masks[layer.name].weight
-        edges.append({(int(i), int(j)) for i, j in torch.nonzero(w).tolist()})
-    # varying: reachable from the inputs; used: reaches the outputs. Inputs are pixels here.
-    inputs = set(range(raw_weight(layers[0].module).shape[1]))
-    varying = [inputs]
-    for e in edges:
-        varying.append({i for i, j in e if j in varying[-1]})
-    used = [set(range(layers[-1].out_units))]
-    for e in reversed(edges[1:]):
-        used.insert(0, {j for i, j in e if i in used[0]})
-    total, prev = 0, inputs
+    ws = [raw_weight(layer.module).detach() * run.masks[layer.name].weight for layer in layers]
+    n = len(layers)
+    live = []
+    for k in range(n - 1):
+        has_in = {i for i, _ in torch.nonzero(run.masks[layers[k].name].weight).tolist()}
+        has_out = {j for _, j in torch.nonzero(run.masks[layers[k + 1].name].weight).tolist()}
+        live.append(has_in & has_out)
+    live.append(set(range(ws[-1].shape[0])))
+    total, prev = 0, set(range(ws[0].shape[1]))
     for k, layer in enumerate(layers):
-        last = k == len(layers) - 1
-        kept = set(range(layer.out_units)) if last else varying[k + 1] & used[k]
-        total += sum(1 for i, j in edges[k] if i in kept and j in prev)
-        total += len(kept) if raw_bias(layer.module) is not None else 0
-        prev = kept
+        total += sum(1 for i, j in torch.nonzero(ws[k]).tolist() if i in live[k] and j in prev)
+        b = raw_bias(layer.module)
+        if b is not None:
+            total += sum(1 for i in live[k] if float(b.detach()[i]) != 0.0)
+        prev = live[k]
     return total
 
 
@@ -131,7 +138,7 @@ def test_masks_are_binary_and_shaped_like_the_weights(runs, name, spec):
         assert m.weight.shape == raw_weight(layer.module).shape
         assert bool(((m.weight == 0) | (m.weight == 1)).all())
         if m.bias is not None:
-            assert m.bias.shape == (layer.out_units,)
+            assert m.bias.shape == (raw_weight(layer.module).shape[0],)
             assert bool(((m.bias == 0) | (m.bias == 1)).all())
 
 
@@ -151,7 +158,8 @@ def test_parameter_counts_are_exact(runs, name):
     ex = run.export
     assert ex.params == count_params(ex.model)
     assert ex.params == independent_count(run)
-    assert ex.params == live_params(run.layers, {n: m.weight for n, m in run.masks.items()})
+    weights = {n: m.weight for n, m in run.masks.items()}
+    assert ex.params == run.topology.count(run.model, weights)
     assert ex.params_dense == sum(p.numel() for p in build_model(MLP).parameters())
 
 
@@ -184,7 +192,7 @@ def test_realised_density_is_at_most_and_close_to_the_target(runs, name):
 @pytest.mark.parametrize("name", [n for n in NAMES if "neurons" in METHODS[n].hparams])
 def test_neuron_methods_reach_their_budget(runs, name):
     run = runs(name)
-    budget = sum(max(1, round(NEURONS * layer.out_units)) for layer in run.layers[:-1])
+    budget = sum(max(1, round(NEURONS * g.size)) for g in run.topology.groups)
     assert run.method.stats()["live_units"] == budget
     assert 0 < run.export.live_neurons <= budget
 
@@ -197,3 +205,145 @@ def test_hparam_table_rejects_invalid_values_by_name(name):
         for bad in param.invalid_values():
             with pytest.raises(ValueError, match=rf"method\.{field} "):
                 make_method({"name": name, field: bad})
+
+
+# -- any model: every method on every zoo model --------------------------------------------------
+
+FAST_ZOO = ("mlp", "resnet8", "mobilenetv3_small")
+
+
+def zoo_config(name: str) -> dict:
+    cfg = method_config(name)
+    if "density" in METHODS[name].hparams:
+        cfg["density"] = 0.1
+    if name == "gumbel":
+        cfg["init_keep_prob"] = 0.5
+    return cfg
+
+
+def train_on_zoo(model_name: str, method_cfg: dict, seed: int = 0):
+    """A few steps on random data shaped like the zoo model's input, then the hard masks.
+    Gumbel's gate logits are then drawn at random so that its masks prune visibly."""
+    model, x = ZOO[model_name](seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(32, *x.shape[1:], generator=g)
+    ys = torch.randint(0, 10, (32,), generator=g)
+    data = SimpleNamespace(
+        input_shape=tuple(x.shape[1:]), x_train=xs, y_train=ys, x_val=xs[:8], y_val=ys[:8]
+    )
+    method = make_method(method_cfg)
+    topology = Topology.build(model, x)
+    type(method).check(topology)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=seed)
+    train(
+        model,
+        method,
+        data,
+        cfg,
+        batches=lambda gen: batches(xs, ys, cfg.batch_size, generator=gen),
+        topology=topology,
+    )
+    if method_cfg["name"] == "gumbel":
+        with torch.no_grad():
+            for gate in method.gates.values():
+                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) + 0.3)
+    return model, x, method, topology
+
+
+def _zoo_params(names):
+    out = []
+    for model_name in sorted(ZOO):
+        for name in NAMES:
+            grans = ("weight", "neuron") if name == "gumbel" else (None,)
+            for gran in grans:
+                slow = model_name not in FAST_ZOO and name not in names
+                marks = (pytest.mark.slow,) if slow else ()
+                ident = f"{model_name}-{name}" + (f"-{gran}" if gran else "")
+                out.append(pytest.param(model_name, name, gran, id=ident, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("model_name", "name", "granularity"), _zoo_params(("gumbel",)))
+def test_every_method_prunes_every_zoo_model_exactly(model_name, name, granularity):
+    cfg = zoo_config(name)
+    if granularity:
+        cfg["granularity"] = granularity
+    if name == "kfac" and model_name not in ("mlp", "lenet5"):
+        model, x = ZOO[model_name]()
+        with pytest.raises(ValueError, match=r"^method kfac cannot prune layer \S+: "):
+            METHODS["kfac"].check(Topology.build(model, x))
+        return
+    if name == "grasp" and model_name == "mobilenetv3_small":  # hardsigmoid: no 2nd derivative
+        model, x = ZOO[model_name]()
+        with pytest.raises(ValueError, match=r"^method grasp cannot prune MobileNetV3Small "):
+            METHODS["grasp"].check(Topology.build(model, x))
+        return
+    model, x, method, topology = train_on_zoo(model_name, cfg)
+    masks = method.masks()
+    for layer in topology.layers:
+        m = masks[layer.name]
+        assert m.weight.shape == raw_weight(layer.module).shape
+        assert bool(((m.weight == 0) | (m.weight == 1)).all())
+    ex = export_compact(model, masks, topology=topology)
+    model.eval()
+    with torch.no_grad():
+        diff = (model(x) - ex.model(x)).abs().max().item()
+    assert diff <= 1e-4
+    weights = {n: m.weight for n, m in masks.items()}
+    assert ex.params == count_params(ex.model) == topology.count(model, weights)
+    assert ex.params_dense == sum(p.numel() for p in ZOO[model_name]()[0].parameters())
+    live = topology.live(weights)
+    dense_numel = sum(p.numel() for p in ZOO[model_name]()[0].parameters())
+    if not bool(live.all()):
+        assert sum(p.numel() for p in ex.model.parameters()) < dense_numel
+    assert output_layer(ex.model).out_features == 10  # the output layer keeps its units
+
+
+def test_gumbel_neuron_gates_close_channels_after_the_norm_so_resnet_shrinks():
+    model, _x, method, topology = train_on_zoo(
+        "resnet8", {"name": "gumbel", "granularity": "neuron"}
+    )
+    masks = method.masks()
+    ex = export_compact(model, masks, topology=topology)
+    live = topology.live({n: m.weight for n, m in masks.items()})
+    assert 0 < int(live.sum()) < topology.channels
+    # every BatchNorm entry of a dead channel is gone: each norm keeps its group's live channels
+    for g in topology.groups:
+        for n in g.norms:
+            bn = ex.model.get_submodule(n.name)
+            assert (
+                bn.num_features
+                == bn.running_mean.shape[0]
+                == int(topology.group_slice(live, g).sum())
+            )
+    assert sum(p.numel() for p in ex.model.parameters()) < topology.dense
+
+
+def test_a_group_with_every_channel_dead_keeps_one_zero_channel_and_is_collapsed():
+    model, x = ZOO["mlp"]()
+    topology = Topology.build(model, x)
+    masks = {layer.name: torch.ones_like(layer.module.weight) for layer in topology.layers}
+    masks[topology.layers[1].name].zero_()  # the second hidden layer keeps nothing
+    from prunetune.prune import Mask
+
+    ex = export_compact(model, {n: Mask(m) for n, m in masks.items()}, x)
+    assert ex.collapsed
+    assert ex.model.get_submodule(topology.layers[1].name).out_features == 1
+    out = ex.model.eval()(x)
+    assert torch.allclose(out, out[:1].expand_as(out))  # no longer depends on the input
+    model.eval()
+    with torch.no_grad():
+        plain = model.get_submodule(topology.layers[1].name)
+        plain.weight.zero_()
+        plain.bias.zero_()
+        assert torch.allclose(model(x), out, atol=1e-6)
+
+
+def test_output_layer_is_never_channel_pruned_and_layers_are_named_by_module_path():
+    model, x = ZOO["resnet18"]()
+    topology = Topology.build(model, x)
+    names = [layer.name for layer in topology.layers]
+    assert "layer1.0.conv1" in names and "fc" in names
+    fc = topology.by_name["fc"]
+    assert fc.group is None and "fc" in topology.fixed
+    assert all(g.root != "fc" for g in topology.groups)

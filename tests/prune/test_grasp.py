@@ -60,7 +60,7 @@ def test_grasp_removes_the_largest_minus_w_hg():
     )
     method = make_method({"name": "grasp", "density": 0.5, "temperature": T})
     method.attach(model, ctx)
-    want = masks_at_density(ctx.layers, expected, 0.5, "global")
+    want = masks_at_density(ctx.topology, model, expected, 0.5, "global")
     for n, m in method.masks().items():
         assert torch.equal(m.weight, want[n])
     # the kept weights have the lowest S = −w ⊙ Hg

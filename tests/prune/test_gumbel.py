@@ -277,11 +277,19 @@ def test_expected_params_neuron_granularity_hand_computed():
     spec = mlp_spec((6,), [5, 4], 3)
     model = build_model(spec)
     method = make_method({"name": "gumbel", "granularity": "neuron"})
-    method.attach(model, _ctx(model, (6,)))
+    ctx = _ctx(model, (6,))
+    method.attach(model, ctx)
+    assert set(method.gates) == {"channels"}  # one gate over the channels of every group
+    groups = {g.root: g for g in ctx.topology.groups}
+    assert sorted(groups) == ["0", "2"] and ctx.topology.channels == 5 + 4
     with torch.no_grad():
-        method.gates["0"].logits.fill_(0.0)  # q = 0.5 for each of 5 units
-        method.gates["2"].logits.fill_(math.log(3.0))  # q = 0.75 for each of 4 units
-    q0, q1 = 5 * 0.5, 4 * 0.75
+        logits = method.gates["channels"].logits
+        g0, g1 = groups["0"], groups["2"]
+        logits[g0.offset : g0.offset + g0.size] = 0.0  # q = 0.5 for each of 5 units
+        logits[g1.offset : g1.offset + g1.size] = math.log(3.0)  # q = 0.75 for each of 4 units
+    q0, q1 = 5 * 0.5, 4 * 0.75  # expected live units per hidden layer
+    # layer 0: q0 rows of 6 weights + q0 biases; layer 2: q1 rows of q0 live inputs + q1
+    # biases; layer 4 (output): 3 rows of q1 live inputs + 3 biases (always kept)
     expected = (q0 * 6 + q0) + (q1 * q0 + q1) + (3 * q1 + 3)
     assert method.expected_params().item() == pytest.approx(expected)
 

@@ -114,8 +114,14 @@ def test_pruning_removes_lowest_saliency_units_first():
     s = neuron_saliency(
         p.weight.original.detach(), p.bias.original.detach(), method.A["0"], method.G["0"]
     )
-    assert method.alive["0"].tolist() == (s >= s.sort().values[2]).tolist()  # the top two
-    assert int(method.alive["0"].sum()) == 2
+    (group,) = method.ctx.topology.groups  # the hidden layer's 4 units: flat channels 0..3
+    assert group.root == "0" and (group.offset, group.size) == (0, 4)
+    assert method.alive.tolist() == (s >= s.sort().values[2]).tolist()  # the top two
+    assert int(method.alive.sum()) == 2
+    assert method.targets(1) == [2]  # round(0.5 · 4) units of the one group after the event
+    dead = ~method.alive  # removed units are closed: rows and biases masked, output 0
+    assert model[0].weight[dead].eq(0).all() and model[0].bias[dead].eq(0).all()
+    assert model[0].weight[~dead].ne(0).all() and model[0].bias[~dead].ne(0).all()
 
 
 def test_flatness_penalty_is_differentiable_and_reported():

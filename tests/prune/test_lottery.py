@@ -9,7 +9,6 @@ import torch
 
 from prunetune.models import build_model, mlp_spec
 from prunetune.prune import PruneContext, make_method
-from prunetune.prune._scoring import dense_params, live_params
 
 
 def _ctx(model, input_shape, epochs=2, steps=10):
@@ -67,8 +66,8 @@ def test_rounds_prune_geometrically_and_rewind_to_the_saved_weights():
                 assert torch.equal(p.detach(), s)
             assert all(p not in opt.state for p in model.parameters())
             masks = {n: m.weight for n, m in method.masks().items()}
-            target = 0.64 ** (method.done / 2) * dense_params(ctx.layers)
-            assert target - 3 <= live_params(ctx.layers, masks) <= target
+            target = 0.64 ** (method.done / 2) * ctx.topology.dense
+            assert target - 3 <= ctx.topology.count(model, masks) <= target
     assert method.done == 2
     assert method.stats()["round"] == 2.0
 

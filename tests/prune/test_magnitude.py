@@ -7,7 +7,6 @@ import torch
 
 from prunetune.models import build_model, mlp_spec
 from prunetune.prune import PruneContext, make_method
-from prunetune.prune._scoring import dense_params, live_params
 
 
 def _ctx(model, input_shape, epochs=2, steps=10):
@@ -35,10 +34,13 @@ def _hand_model():
     ("scope", "expected0", "expected2"),
     [
         # |w| ranked over both layers; the budget is 0.45 * 23 = 10.35 parameters. The top ten
-        # cost 10 (h0's four weights are free: h0 feeds nothing, so export drops it); the
-        # eleventh, 0.04 into h2, would make 11.
+        # cost 10: h1 (0.8, 0.05) + b, h2 (0.7, 0.6) + b, 0.5 and 0.4 into the outputs, the 2
+        # output biases; h0's four weights are free (no kept weight reads h0, so it is not
+        # live and export drops it). The eleventh, 0.04 into h2, would make 11.
         ("global", [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], [[0, 0, 1], [0, 1, 0]]),
-        # the same fraction of each layer (6/12 and 3/6); one more step revives h0 (16 params)
+        # the same fraction of each layer (6/12 and 3/6): h1 (0.8) + b, h2 (0.7, 0.6) + b,
+        # 3 output weights, 2 output biases = 10; one more step (0.1 into h0, 0.003 reading h0)
+        # makes h0 live: + 4 weights + b + 0.003 = 16
         ("layerwise", [[1, 0, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]], [[0, 0, 1], [0, 1, 1]]),
     ],
 )
@@ -47,11 +49,11 @@ def test_global_vs_layerwise_thresholds_on_hand_built_weights(scope, expected0, 
     method = make_method({"name": "magnitude", "density": 0.45, "scope": scope, "prune_at": 0.0})
     ctx = _ctx(model, (4,))
     method.attach(model, ctx)  # prune_at 0: pruned at attach
-    assert dense_params(ctx.layers) == 23
+    assert ctx.topology.dense == 23
     masks = method.masks()
     assert masks["0"].weight.tolist() == expected0
     assert masks["2"].weight.tolist() == expected2
-    assert live_params(ctx.layers, {n: m.weight for n, m in masks.items()}) == 10
+    assert ctx.topology.count(model, {n: m.weight for n, m in masks.items()}) == 10
 
 
 def test_prunes_at_the_configured_step_and_keeps_the_mask_fixed():
@@ -73,10 +75,13 @@ def test_prunes_at_the_configured_step_and_keeps_the_mask_fixed():
 def test_neuron_scores_are_incoming_l2_norms():
     model = _hand_model()
     method = make_method({"name": "magnitude_neuron", "neurons": 0.34, "prune_start": 0.5})
-    method.attach(model, _ctx(model, (4,)))
+    ctx = _ctx(model, (4,))
+    method.attach(model, ctx)
+    (group,) = ctx.topology.groups  # the 3 hidden units, flat channels 0..2
+    assert (group.root, group.offset, group.size) == ("0", 0, 3)
     w = model[0].parametrizations.weight.original.detach()
-    expected = torch.sqrt((w**2).sum(1))
-    assert torch.allclose(method.neuron_scores()["0"], expected)
+    expected = torch.sqrt((w**2).sum(1))  # 0.9899, 0.8043, 0.9232
+    assert torch.allclose(method.neuron_scores(), expected.double())
 
 
 def test_neuron_removal_keeps_the_largest_norms_and_masks_the_bias():
@@ -91,6 +96,9 @@ def test_neuron_removal_keeps_the_largest_norms_and_masks_the_bias():
     assert m.bias.tolist() == [1.0, 0.0, 0.0]
     assert m.weight.tolist() == [[1.0] * 4, [0.0] * 4, [0.0] * 4]
     assert torch.equal(model[0].bias, model[0].parametrizations.bias.original * m.bias)
+    assert method.alive.tolist() == [True, False, False]
+    with torch.no_grad():  # removed units are closed: they output exactly zero
+        assert model[0](torch.randn(5, 4))[:, 1:].eq(0).all()
     assert bool(method.masks()["2"].weight.eq(1).all())  # output units are never removed
 
 
@@ -109,12 +117,12 @@ def test_cubic_schedule_targets_and_event_steps():
     method.attach(model, _ctx(model, (4,), epochs=10, steps=10))
     assert method.event_steps == [10, 20, 30, 40, 50]
     # 10 + 90 (1 - k/5)^3
-    assert [method.targets(k)["0"] for k in range(1, 6)] == [56, 29, 16, 11, 10]
+    assert [method.targets(k) for k in range(1, 6)] == [[56], [29], [16], [11], [10]]
     for step in range(1, 61):
         method.on_step(step)
         if step == 35:
-            assert int(method.alive["0"].sum()) == 16
-    assert int(method.alive["0"].sum()) == 10
+            assert int(method.alive.sum()) == 16
+    assert int(method.alive.sum()) == 10
 
 
 def test_global_allocation_keeps_one_unit_per_layer():
@@ -132,8 +140,12 @@ def test_global_allocation_keeps_one_unit_per_layer():
             "prune_end": 0.0,
         }
     )
-    method.attach(model, _ctx(model, (4,)))  # pruned at attach
-    assert {n: int(a.sum()) for n, a in method.alive.items()} == {"0": 3, "2": 1}
+    ctx = _ctx(model, (4,))
+    method.attach(model, ctx)  # pruned at attach
+    alive = {
+        g.root: int(ctx.topology.group_slice(method.alive, g).sum()) for g in ctx.topology.groups
+    }
+    assert alive == {"0": 3, "2": 1}
 
 
 def test_prune_start_after_prune_end_is_rejected():

@@ -6,20 +6,17 @@ import pytest
 import torch
 
 from prunetune.models import build_model, cnn_spec, mlp_spec
-from prunetune.prune import Mask, export_compact, prunable_layers
+from prunetune.prune import Mask, Topology, count_params, export_compact
 from prunetune.prune._scoring import (
-    dense_params,
-    live_params,
     masks_at_density,
     masks_at_fraction,
     ranker,
 )
 
 
-def _layers(widths=(3,), inputs=4, outputs=2):
-    spec = mlp_spec((inputs,), list(widths), outputs)
+def _topology(spec):
     model = build_model(spec)
-    return spec, model, prunable_layers(model, (inputs,))
+    return model, Topology.build(model, torch.zeros(2, *spec["input_shape"]))
 
 
 def test_global_and_layerwise_thresholds_on_hand_built_scores():
@@ -61,51 +58,55 @@ def test_ties_are_broken_by_position_deterministically():
     ids=["mlp", "cnn"],
 )
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.02])
-def test_live_params_equals_export_count(spec, density):
+def test_topology_count_equals_export_count(spec, density):
     gen = torch.Generator().manual_seed(1)
-    model = build_model(spec)
-    layers = prunable_layers(model, spec["input_shape"])
+    model, topo = _topology(spec)
     masks = {
         layer.name: (torch.rand(layer.module.weight.shape, generator=gen) < density).float()
-        for layer in layers
+        for layer in topo.layers
     }
-    ex = export_compact(model, spec, {n: Mask(m) for n, m in masks.items()})
-    assert live_params(layers, masks) == ex.params
-    assert dense_params(layers) == ex.params_dense
+    ex = export_compact(model, {n: Mask(m) for n, m in masks.items()}, topology=topo)
+    assert topo.count(model, masks) == ex.params == count_params(ex.model)
+    assert topo.dense == ex.params_dense == sum(p.numel() for p in model.parameters())
 
 
 def test_bias_of_a_revived_unit_is_paid_for():
-    _, _, layers = _layers(widths=(3,), inputs=4, outputs=2)
+    model, topo = _topology(mlp_spec((4,), [3], 2))
     masks = {"0": torch.zeros(3, 4), "2": torch.zeros(2, 3)}
-    assert live_params(layers, masks) == 2  # the output biases only
-    masks["0"][1, 0] = 1.0
-    masks["2"][0, 1] = 1.0
-    assert live_params(layers, masks) == 2 + 2 + 1  # two weights + the unit's bias
+    assert topo.count(model, masks) == 2  # the output biases only
+    masks["0"][1, 0] = 1.0  # unit 1 open, but nothing reads it: not live
+    assert topo.count(model, masks) == 2
+    masks["0"][1, 0], masks["2"][0, 1] = 0.0, 1.0  # read, but closed: not live
+    assert topo.count(model, masks) == 2
+    masks["0"][1, 0] = 1.0  # open and read: live
+    assert topo.count(model, masks) == 2 + 2 + 1  # output biases + two weights + its bias
+    with torch.no_grad():
+        model[0].bias[1] = 0.0  # a zero bias is not a kept parameter
+    assert topo.count(model, masks) == 2 + 2
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
 @pytest.mark.parametrize("density", [0.3, 0.05, 0.01])
 def test_masks_at_density_keeps_as_many_as_fit(scope, density):
     spec = mlp_spec((1, 8, 8), [32, 16], 10)
-    model = build_model(spec)
-    layers = prunable_layers(model, spec["input_shape"])
-    scores = {layer.name: layer.module.weight.detach().abs() for layer in layers}
-    masks = masks_at_density(layers, scores, density, scope)
-    budget = density * dense_params(layers)
-    assert live_params(layers, masks) <= budget
+    model, topo = _topology(spec)
+    scores = {layer.name: layer.module.weight.detach().abs() for layer in topo.layers}
+    masks = masks_at_density(topo, model, scores, density, scope)
+    budget = density * topo.dense
+    assert topo.count(model, masks) <= budget
     keep, hi = ranker(scores, scope)
     kept = [int(m.sum()) for m in masks.values()]
     # one more ranking step no longer fits
     k = next(k for k in range(hi + 1) if [int(m.sum()) for m in keep(k).values()] == kept)
-    assert live_params(layers, keep(k + 1)) > budget
+    assert topo.count(model, keep(k + 1)) > budget
 
 
 def test_eligible_weights_stay_pruned():
-    _, _, layers = _layers(widths=(8,), inputs=6, outputs=3)
-    scores = {layer.name: torch.rand(layer.module.weight.shape) for layer in layers}
+    model, topo = _topology(mlp_spec((6,), [8], 3))
+    scores = {layer.name: torch.rand(layer.module.weight.shape) for layer in topo.layers}
     eligible = {n: (torch.rand(s.shape) < 0.5).float() for n, s in scores.items()}
     for masks in (
-        masks_at_density(layers, scores, 0.4, "global", eligible=eligible),
+        masks_at_density(topo, model, scores, 0.4, "global", eligible=eligible),
         masks_at_fraction(scores, 0.9, "global", eligible=eligible),
     ):
         for n in masks:

@@ -8,6 +8,7 @@ from torch.func import grad
 from prunetune.models import build_model, mlp_spec
 from prunetune.prune import PruneContext, make_method
 from prunetune.prune._scoring import masks_at_density
+from prunetune.prune._topology import raw_param
 from prunetune.prune.snip import snip_scores
 
 
@@ -52,9 +53,11 @@ def test_snip_masks_keep_the_top_sensitivities_and_do_not_train_at_attach():
     )
     method = make_method({"name": "snip", "density": 0.4})
     method.attach(model, ctx)
-    want = masks_at_density(ctx.layers, expected, 0.4, "global")
+    want = masks_at_density(ctx.topology, model, expected, 0.4, "global")
     for n, m in method.masks().items():
         assert torch.equal(m.weight, want[n])
-    originals = [model[0].parametrizations.weight.original, model[0].bias]
-    assert torch.equal(originals[0].detach(), w0[0]) and torch.equal(originals[1].detach(), w0[1])
+    # the raw (unmasked) parameters are untouched; masks (weights, and the biases of units
+    # left without an incoming weight) act only through the parametrizations
+    raw = [raw_param(model[i], p) for i in (0, 2) for p in ("weight", "bias")]
+    assert all(torch.equal(r.detach(), w) for r, w in zip(raw, w0, strict=True))
     assert all(p.grad is None for p in model.parameters())

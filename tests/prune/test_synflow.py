@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunetune.models import build_model, mlp_spec
-from prunetune.prune import PruneContext, export_compact, make_method, prunable_layers
+from prunetune.prune import PruneContext, Topology, export_compact, make_method
 from prunetune.prune.synflow import synflow_scores
 
 
@@ -42,7 +42,7 @@ def _positive(model):
 
 def test_scores_on_a_hand_sized_network():
     model = _hand_net()
-    layers = prunable_layers(model, (3,))
+    layers = Topology.build(model, torch.zeros(2, 3)).layers
     ones = {layer.name: torch.ones_like(layer.module.weight) for layer in layers}
     s = synflow_scores(_positive(model), layers, ones, (3,))
     # h = |W1| 1 + |b1| = [3.5+0.5, 4+1] = [4, 5]; ∂R/∂W2[k, i] = h_i
@@ -60,7 +60,7 @@ def test_scores_respect_the_mask_and_conserve_flow_without_biases():
         for m in model:
             if hasattr(m, "bias") and m.bias is not None:
                 m.bias.zero_()
-    layers = prunable_layers(model, (6,))
+    layers = Topology.build(model, torch.zeros(2, 6)).layers
     masks = {layer.name: (torch.rand(layer.module.weight.shape) < 0.7).float() for layer in layers}
     net = _positive(model)
     s = synflow_scores(net, layers, masks, (6,))
@@ -69,7 +69,7 @@ def test_scores_respect_the_mask_and_conserve_flow_without_biases():
     masked_net = _positive(model)
     with torch.no_grad():
         for layer in layers:
-            masked_net[layer.index].weight.mul_(masks[layer.name].double())
+            masked_net.get_submodule(layer.name).weight.mul_(masks[layer.name].double())
         r_masked = float(masked_net(torch.ones(1, 6, dtype=torch.float64)).sum())
     totals = [float(s[n].sum()) for n in ("0", "2", "4")]
     assert totals == pytest.approx([r_masked] * 3, rel=1e-9)
@@ -85,6 +85,6 @@ def test_iterative_pruning_avoids_layer_collapse_and_hits_the_target():
     method.attach(model, _ctx(model, (1, 8, 8)))
     masks = method.masks()
     assert all(int(m.weight.sum()) >= 1 for m in masks.values())  # no layer cut off
-    ex = export_compact(model, spec, masks)
+    ex = export_compact(model, masks, torch.zeros(1, 1, 8, 8))
     assert 0.008 <= ex.density <= 0.01
     assert ex.live_neurons > 0

@@ -67,7 +67,7 @@ MALFORMED = [
     ("methods", {}, r"methods: must name at least one pruning method.* got \{\}"),
     ("model.width", [128, 16], r"model\.width: .*`low <= high` must hold, got \[128, 16\]"),
     ("model.depth", [0, 2], r"model\.depth: .*must be >= 1, got 0"),
-    ("model.family", "resnet", r"model\.family: .*got 'resnet'"),
+    ("model.family", "vgg", r"model\.family: .*got 'vgg'"),
     ("model.activation", "swish", r"model\.activation: .*got 'swish'"),
     ("train.lr", [0.1, 0.001], r"`low <= high` must hold in train\.lr, but got \[0\.1, 0\.001\]"),
     ("train.epochs", 0, r"train\.epochs: .*greater than or equal to 1.*got 0"),

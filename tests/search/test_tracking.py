@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from safetensors.torch import load_file
 
 from prunetune.search._mlflow import param_value, resolve_tracking_uri
 from prunetune.search.tracking import StudyMirror
@@ -94,14 +95,16 @@ def test_every_trial_is_mirrored_with_every_metric_and_its_files(made, tmp_path)
         d = Path(c.download_artifacts(run.info.run_id, "model", str(tmp_path / str(n))))
         assert sorted(f.name for f in d.iterdir()) == [
             "arch.json",
+            "input.json",
             "kept_units.json",
-            "masks.pt",
+            "masks.safetensors",
             "weights.pt",
+            "weights.safetensors",
         ]
         state = torch.load(d / "weights.pt", weights_only=True)
         ref = res.export.model.state_dict()
         assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
-        masks = torch.load(d / "masks.pt", weights_only=True)
+        masks = load_file(d / "masks.safetensors")
         assert set(masks) == {f"{name}.weight" for name in res.masks} | {
             f"{name}.bias" for name, m in res.masks.items() if m.bias is not None
         }

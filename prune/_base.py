@@ -102,8 +102,8 @@ class PruningMethod(ABC):
     def __init__(self, **config: Any) -> None:
         self.config = validate_config(self.hparams, config, where="method")
 
-    @classmethod
-    def check(cls, topology: Topology) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 - optional hook
+    def check(cls, topology: Topology) -> None:
         """Raise ``ValueError`` (one line naming the method and the layer) when this method
         cannot prune a model of this structure; called before training starts."""
 

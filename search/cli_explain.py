@@ -123,15 +123,17 @@ def explain(
 def _registered(
     uri: str, tracking_uri: str
 ) -> tuple[object, dict, dict[str, list[int]] | None, str | None, str]:
-    """Fetch a registered model with its architecture, kept units and dataset."""
+    """Fetch a registered model's compact layers (before the standardisation that
+    ``model.pt2`` carries), input shape, kept units and dataset."""
     import tempfile
 
     from prunetune.search import registry
 
     with tempfile.TemporaryDirectory(prefix="prunetune-explain-") as tmp:
         got = registry.fetch_to(uri, tmp, tracking_uri=tracking_uri)
+        model, input_shape = registry.compact_module(tmp)
         ku = Path(tmp) / "kept_units.json"
         kept = json.loads(ku.read_text()) if ku.is_file() else None
     ds = got.card.get("dataset")
     label = f"{got.name} v{got.version}" + (f" ({', '.join(got.aliases)})" if got.aliases else "")
-    return got.model, got.arch, kept, (str(ds) if ds else None), label
+    return model, {"input_shape": list(input_shape)}, kept, (str(ds) if ds else None), label

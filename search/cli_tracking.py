@@ -169,6 +169,10 @@ def register(
     console.print(f"fetch with: prunetune fetch {versions[0].uri} -o DIR", highlight=False)
 
 
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the [onnx] extra
+ONNX_CHECK_ROWS = 8  # random raw inputs model.onnx is checked on
+
+
 @app.command()
 def fetch(
     uri: Annotated[str, typer.Argument(help="NAME@ALIAS (e.g. quickstart@knee) or NAME/VERSION")],
@@ -177,11 +181,25 @@ def fetch(
         bool,
         typer.Option(help="re-evaluate on the test split; fail unless it equals the record"),
     ] = False,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx",
+            help="also write model.onnx, checked against model.pt2 with onnxruntime "
+            "(pip install 'prunetune\\[onnx]')",
+        ),
+    ] = False,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Write a registered model (compact weights, arch JSON, model card) to a directory."""
-    from prunetune.search.registry import fetch_to
+    """Write a registered model to a directory: model.pt2 (loads with plain torch; raw inputs),
+    weights/masks safetensors, input.json, kept_units.json, config.json and the model card."""
+    import importlib.util
 
+    from prunetune.search.registry import fetch_to, write_onnx
+
+    if onnx and (missing := [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]):
+        # \[ : a literal bracket for rich, which would read [onnx] as markup
+        raise _fail(f"--onnx needs {', '.join(missing)}: pip install 'prunetune\\[onnx]'")
     turi = _uri(tracking_uri)
     try:
         got = fetch_to(uri, out, tracking_uri=turi)
@@ -196,6 +214,21 @@ def fetch(
     )
     for f in got.files:
         console.print(f"  {f}", highlight=False)
+    if got.arch is not None:
+        console.print(
+            "  (registered before model.pt2: arch.json + weights.pt, standardised inputs)",
+            highlight=False,
+        )
+    if onnx:
+        try:
+            path, diff = write_onnx(got, out, n=ONNX_CHECK_ROWS)
+        except ValueError as e:
+            raise _fail(f"ONNX check failed: {e}", 1) from None
+        console.print(
+            f"  {path} (onnxruntime vs model.pt2 on {ONNX_CHECK_ROWS} random inputs: "
+            f"max abs diff {diff:.3g})",
+            highlight=False,
+        )
     if verify:
         _verify(got)
 
@@ -213,11 +246,15 @@ def _verify(got: Any) -> None:
         data = load_dataset(dataset, data_dir=card.get("data_dir"))
     except (FileNotFoundError, ValueError) as e:
         raise _fail(f"cannot verify: {e}", 1) from None
-    acc = evaluate(got.model, data.x_test, data.y_test)
+    x = data.x_test  # standardised, as the trial evaluated it
+    if got.arch is None:  # model.pt2 takes raw inputs: undo the data set's standardisation
+        x = x * got.inputs["std"] + got.inputs["mean"]
+    acc = evaluate(got.model, x, data.y_test)
     recorded = float(card["metrics"]["test_accuracy"])
     nz = count_params(got.model)
     recorded_params = int(card["metrics"]["params"])
-    if acc != recorded or nz != recorded_params:
+    # 1e-6: the raw round trip may move a logit by float rounding, never one sample in 1e6
+    if not abs(acc - recorded) <= 1e-6 or nz != recorded_params:
         raise _fail(
             f"VERIFY FAILED for {got.name} v{got.version}: test accuracy {acc!r} "
             f"(recorded {recorded!r}), nonzero parameters {nz:,} (recorded {recorded_params:,}).",

@@ -34,9 +34,13 @@ def _run_dataset(client: Any, run_id: str) -> str | None:
 
 def load_run_model(
     run_id: str, tracking_uri: str
-) -> tuple[nn.Sequential, dict[str, Any], dict[str, list[int]] | None, str | None]:
+) -> tuple[nn.Module, dict[str, Any], dict[str, list[int]] | None, str | None]:
     """A trial run's compact model from its ``model/`` artifacts (the trial's checkpoint,
     mirrored by the driver): ``(model, arch, kept_units, dataset)``.
+
+    ``model/arch.json`` + ``weights.pt`` when the run has them (built-in chain families);
+    else the model rebuilt from ``config.json`` and the safetensors
+    (:func:`~prunetune.search.trial.rebuild_compact`), with ``arch`` = its input shape.
 
     Raises:
         ValueError: the run has no ``model/`` artifacts or they do not fit together.
@@ -51,8 +55,18 @@ def load_run_model(
         except Exception as e:
             raise ValueError(f"run {run_id} has no compact model artifacts 'model/': {e}") from None
         mdir = Path(tmp) / "model"
-        model = load_compact(mdir)
-        arch = json.loads((mdir / "arch.json").read_text())
+        if (mdir / "arch.json").is_file():
+            model = load_compact(mdir)
+            arch = json.loads((mdir / "arch.json").read_text())
+        else:
+            from prunetune.search.trial import rebuild_compact
+
+            try:
+                c.download_artifacts(run_id, "config.json", tmp)
+            except Exception as e:
+                raise ValueError(f"run {run_id} has no arch.json and no config.json: {e}") from None
+            model, inputs = rebuild_compact(tmp)
+            arch = {"input_shape": list(inputs["shape"])}
         ku_path = mdir / "kept_units.json"
         kept = json.loads(ku_path.read_text()) if ku_path.is_file() else None
     return model, arch, kept, _run_dataset(c, run_id)

@@ -6,8 +6,8 @@ never import MLflow. Parent run: the spec (params, ``spec/``), tags ``prunetune.
 ``dataset``, ``sampler``, ``optuna_storage``; the front (``pareto_front.{csv,json,png,html}``,
 ``hypervolume`` at step = trials complete, ``pareto=true`` on the front's runs). Child run
 ``trial-NNNN``: the config as params, per-epoch metrics (step = epoch), final metrics, per-layer
-density and the checkpoint's files (``model/{weights,masks}.pt`` — tensors only —
-``model/{arch,kept_units}.json``, ``{metrics,config,history,per_layer}.json``).
+density and the checkpoint's files (``model/{weights,masks}.safetensors``: tensors only, the
+masked dense model; ``model/{input,kept_units}.json``; ``{metrics,config,history,per_layer}.json``).
 
 Example:
     >>> mirror = StudyMirror("sqlite:////tmp/s/mlflow.db", "s", "s", spec={}, storage="…")

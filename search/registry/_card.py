@@ -1,24 +1,28 @@
-"""A registered version's record: ``card.json`` (numbers, config, provenance) and
-``MODEL_CARD.md`` (the same for people)."""
+"""A registered version's record: ``card.json`` (numbers, config, provenance, inputs) and
+``MODEL_CARD.md`` (the same for people, with how to load ``model.pt2`` with plain torch)."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from prunetune.search._front import TrialRecord
 from prunetune.search._mlflow import parse_param
 
 
-def card_json(rec: TrialRecord, parent: Any, study: str) -> dict[str, Any]:
-    """``card.json`` of the trial ``rec`` of ``study`` (``parent``: the study's run)."""
+def card_json(
+    rec: TrialRecord, parent: Any, study: str, inputs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``card.json`` of the trial ``rec`` of ``study`` (``parent``: the study's run);
+    ``inputs`` is what ``model.pt2`` takes (``input.json``: shape, dtype, range, mean, std)."""
     layers: dict[str, dict[str, float]] = {}
     for k, v in rec.metrics.items():
         if k.startswith("layer."):
             layer, _, stat = k[len("layer.") :].rpartition(".")
             layers.setdefault(layer, {})[stat] = v
-    return {
+    card: dict[str, Any] = {
         "study": study,
         "trial": rec.trial,
         "run_id": rec.run_id,
@@ -31,6 +35,9 @@ def card_json(rec: TrialRecord, parent: Any, study: str) -> dict[str, Any]:
         "hparams": rec.hparams(),
         "config": {k: parse_param(v) for k, v in sorted(rec.params.items())},
     }
+    if inputs is not None:
+        card["input"] = dict(inputs)
+    return card
 
 
 def fmt_int(s: str | None) -> str:
@@ -41,12 +48,98 @@ def fmt_int(s: str | None) -> str:
         return "?"
 
 
-def model_card_markdown(card: dict[str, Any], arch: dict[str, Any], uri: str = "") -> str:
-    """A human-readable model card from ``card.json`` and the compact architecture."""
+def _num(v: Any, fmt: str = ".4g") -> str:
+    return "?" if v is None else format(v, fmt)
+
+
+def _input_lines(inputs: Mapping[str, Any]) -> list[str]:
+    shape = ", ".join(str(int(d)) for d in inputs["shape"])
+    lo, hi = inputs.get("range") or (None, None)
+    mean, std = inputs.get("mean"), inputs.get("std")
+    pixels = " (pixels scaled to [0, 1])" if (lo, hi) == (0.0, 1.0) else ""
+    return [
+        "## Inputs",
+        "",
+        f"`model.pt2` takes **raw** inputs: `{inputs.get('dtype', 'float32')}` tensors of shape "
+        f"`(batch, {shape})`, any batch size, values in `[{_num(lo)}, {_num(hi)}]`{pixels}. "
+        "The data set's standardisation "
+        f"`(x - {_num(mean, '.6g')}) / {_num(std, '.6g')}` is part of the program: do not "
+        "standardise the inputs again.",
+    ]
+
+
+def _load_lines(ref: str, inputs: Mapping[str, Any]) -> list[str]:
+    shape = ", ".join(str(int(d)) for d in inputs["shape"])
+    lo, hi = inputs.get("range") or (0.0, 1.0)
+    if (lo, hi) == (0.0, 1.0):
+        example = f"x = torch.rand(4, {shape})  # a batch of raw inputs in [0, 1]"
+    else:
+        example = f"x = {lo!r} + {hi - lo!r} * torch.rand(4, {shape})  # raw, in [{lo}, {hi}]"
+    return [
+        "## Load",
+        "",
+        "With plain torch, from these files (no prunetune, no model code):",
+        "",
+        "```python",
+        "import torch",
+        "",
+        'model = torch.export.load("model.pt2").module()  # already in eval mode',
+        example,
+        "logits = model(x)",
+        "```",
+        "",
+        f'With prunetune: `prunetune.fetch("{ref}").model` (supports `.eval()` and '
+        f'`.to(device)`); with MLflow: `mlflow.pytorch.load_model("models:/{ref}")`; as ONNX: '
+        f"`prunetune fetch {ref} -o DIR --onnx` writes `model.onnx` (checked with onnxruntime).",
+        "",
+        "To train further: `weights.safetensors` holds the masked dense model (masks baked in) "
+        "and `masks.safetensors` its 0/1 masks, keyed like the weights "
+        "(`prunetune.prune.deliver.load_masked_state`); `config.json` is the trial's config.",
+        "",
+    ]
+
+
+def _legacy_lines(ref: str, arch: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Compact architecture",
+        "",
+        f"Input shape {arch.get('input_shape')} (standardised inputs).",
+        "",
+        "| # | layer | in | out |",
+        "|---|---|---|---|",
+    ]
+    for i, layer in enumerate(arch.get("layers", [])):
+        lines.append(
+            f"| {i} | {layer.get('type')} | {layer.get('in', '')} | {layer.get('out', '')} |"
+        )
+    return [
+        *lines,
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import prunetune",
+        f'model = prunetune.fetch("{ref}").model  # plain torch.nn.Sequential',
+        "",
+        "# or from these files, with torch and prunetune.models only:",
+        "import json, torch",
+        "from prunetune.models import build_model",
+        'model = build_model(json.load(open("arch.json")))',
+        'model.load_state_dict(torch.load("weights.pt", weights_only=True))',
+        "```",
+        "",
+    ]
+
+
+def model_card_markdown(
+    card: Mapping[str, Any], uri: str = "", arch: Mapping[str, Any] | None = None
+) -> str:
+    """A human-readable model card from ``card.json``: inputs and how to load ``model.pt2``,
+    or for a version registered before ``model.pt2`` (``arch`` given) its compact layers."""
     m = card.get("metrics", {})
     name, version = card.get("name", "?"), card.get("version", "?")
     aliases = ", ".join(card.get("aliases", [])) or "none"
-    ref = f"{name}@{card['aliases'][0]}" if card.get("aliases") else f"{name}/{version}"
+    ref = f"{name}@{card['aliases'][0]}" if card.get("aliases") else uri or f"{name}/{version}"
 
     def num(k: str, fmt: str = ".4f") -> str:
         v = m.get(k)
@@ -70,41 +163,24 @@ def model_card_markdown(card: dict[str, Any], arch: dict[str, Any], uri: str = "
         "Validation accuracy selected the model; test accuracy was measured once, never used "
         "to select.",
         "",
-        "## Compact architecture",
-        "",
-        f"Input shape {arch.get('input_shape')}.",
-        "",
-        "| # | layer | in | out |",
-        "|---|---|---|---|",
     ]
-    for i, layer in enumerate(arch.get("layers", [])):
-        lines.append(
-            f"| {i} | {layer.get('type')} | {layer.get('in', '')} | {layer.get('out', '')} |"
-        )
+    inputs = card.get("input")
+    if inputs:
+        lines += [*_input_lines(inputs), ""]
     if card.get("per_layer"):
-        lines += ["", "| prunable layer | units kept | density |", "|---|---|---|"]
+        lines += ["| prunable layer | units kept | density |", "|---|---|---|"]
         for layer, d in card["per_layer"].items():
             lines.append(
                 f"| {layer} | {d.get('units', 0):.0f} of {d.get('units_dense', 0):.0f} | "
                 f"{100 * d.get('density', math.nan):.2f} % |"
             )
+        lines.append("")
     if card.get("hparams"):
-        lines += ["", "## Hyperparameters", ""]
+        lines += ["## Hyperparameters", ""]
         lines += [f"- `{k}` = `{json.dumps(v)}`" for k, v in card["hparams"].items()]
-    lines += [
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import prunetune",
-        f'model = prunetune.fetch("{ref}")  # plain torch.nn.Sequential',
-        "",
-        "# or from these files, with torch and prunetune.models only:",
-        "import json, torch",
-        "from prunetune.models import build_model",
-        'model = build_model(json.load(open("arch.json")))',
-        'model.load_state_dict(torch.load("weights.pt", weights_only=True))',
-        "```",
-        "",
-    ]
+        lines.append("")
+    if inputs:
+        lines += _load_lines(ref, inputs)
+    elif arch is not None:
+        lines += _legacy_lines(ref, arch)
     return "\n".join(lines)

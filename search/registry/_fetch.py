@@ -1,40 +1,67 @@
-"""Read a registered version back: parse ``NAME@ALIAS``, resolve it, download its compact
-model and rebuild it from ``arch.json`` + ``weights.pt`` (no unpickling of project code)."""
+"""Read a registered version back: parse ``NAME@ALIAS``, resolve it, download its files and
+load ``model.pt2`` (a ``torch.export`` program: no unpickling of project code). Versions
+registered before ``model.pt2`` are rebuilt from ``arch.json`` + ``weights.pt``."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunetune._cache import write_atomic
 from prunetune.search._errors import ConfigError
 from prunetune.search._mlflow import _quote, existing_client, resolve_tracking_uri
 from prunetune.search.registry._card import model_card_markdown
 
 if TYPE_CHECKING:
+    import torch
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
     from torch import nn
 
-MODEL_FILES = ("weights.pt", "arch.json", "kept_units.json")
+# A version's files (``extra_files/`` of its MLflow model) besides ``card.json``: the
+# delivered program, the re-trainable form, and what the trial recorded about it.
+MODEL_FILES = (
+    "model.pt2",
+    "weights.safetensors",
+    "masks.safetensors",
+    "kept_units.json",
+    "input.json",
+    "config.json",
+)
+LEGACY_FILES = ("weights.pt", "arch.json", "kept_units.json")  # versions before model.pt2
+CARD_FILE = "card.json"
+ONNX_FILE = "model.onnx"  # written on request by write_onnx, never stored
 EXTRA_FILES = "extra_files"  # where the pytorch flavour keeps ``extra_files`` in a model
 
 
 @dataclass(frozen=True)
 class FetchedModel:
-    """A fetched model, its record and the files written."""
+    """A fetched model, its record and the files written.
+
+    ``model`` is a :class:`~prunetune.prune.deliver.DeliveredModel` (``model.pt2``: raw inputs
+    in, the data set's standardisation inside; ``.eval()`` and ``.to(device)`` work); for a
+    version registered before ``model.pt2`` it is the ``nn.Sequential`` rebuilt from
+    ``arch.json`` (standardised inputs in), and ``arch`` is that architecture.
+
+    Example:
+        >>> got = fetch("quickstart@knee", tracking_uri="sqlite:////abs/mlflow.db")  # doctest: +SKIP
+        >>> got.model(got.random_inputs(4)).shape                                   # doctest: +SKIP
+        torch.Size([4, 10])
+    """
 
     model: nn.Module
-    arch: dict[str, Any]
     name: str
     version: str
     aliases: tuple[str, ...]
+    inputs: dict[str, Any] = field(default_factory=dict)  # input.json: shape, dtype, range, …
     card: dict[str, Any] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    arch: dict[str, Any] | None = None  # versions registered before model.pt2 only
 
     @property
     def test_accuracy(self) -> float:
@@ -44,9 +71,29 @@ class FetchedModel:
     def params(self) -> int:
         return int(self.card["metrics"]["params"])
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape, without the batch dimension."""
+        return tuple(int(d) for d in self.inputs["shape"])
+
+    def random_inputs(self, n: int = 8, seed: int = 0) -> torch.Tensor:
+        """``n`` raw inputs drawn uniformly from the input range, ``(n, *input_shape)``."""
+        return random_inputs(self.inputs, n, seed)
+
+
+def random_inputs(inputs: dict[str, Any], n: int = 8, seed: int = 0) -> torch.Tensor:
+    """``n`` inputs as ``input.json`` describes them (``shape``; ``range``, else ``[0, 1]``),
+    drawn uniformly with a seeded generator: ``(n, *shape)`` float32."""
+    import torch
+
+    lo, hi = inputs.get("range") or (0.0, 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    return lo + (hi - lo) * torch.rand((n, *inputs["shape"]), generator=gen)
+
 
 def load_compact(directory: str | Path) -> nn.Sequential:
-    """Rebuild a compact model from ``arch.json`` + ``weights.pt`` in ``directory``.
+    """Rebuild a compact model from ``arch.json`` + ``weights.pt`` in ``directory`` (the
+    format of versions registered before ``model.pt2``, and of built-in chain trials).
 
     The weights are read with ``torch.load(weights_only=True)``: tensors only, no code.
 
@@ -75,6 +122,40 @@ def load_compact(directory: str | Path) -> nn.Sequential:
     if foreign:
         raise ValueError(f"the rebuilt model uses modules outside torch.nn: {foreign}")
     return model.eval()
+
+
+def compact_module(directory: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+    """The compact model of a fetched directory *without* the standardisation, and one
+    input's shape — for analyses that read the layers (``prunetune explain``).
+
+    ``arch.json`` + ``weights.pt`` when present (older versions); else the trial's model
+    rebuilt from ``config.json`` + ``weights.safetensors`` + ``masks.safetensors`` and cut as
+    the trial cut it (:func:`prunetune.search.trial.rebuild_compact`).
+
+    Raises:
+        ValueError: the directory holds neither form.
+    """
+    from prunetune.search.trial import rebuild_compact
+
+    d = Path(directory)
+    if (d / "arch.json").is_file() and (d / "weights.pt").is_file():
+        arch = json.loads((d / "arch.json").read_text())
+        return load_compact(d), tuple(int(s) for s in arch["input_shape"])
+    need = ("config.json", "weights.safetensors", "masks.safetensors", "input.json")
+    missing = [f for f in need if not (d / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{d} must hold arch.json + weights.pt, or {' + '.join(need)} to rebuild the "
+            f"compact model, but it lacks {', '.join(missing)}."
+        )
+    with tempfile.TemporaryDirectory(prefix="prunetune-rebuild-") as tmp:
+        trial = Path(tmp)  # the layout of a saved trial (TrialResult.save)
+        (trial / "model").mkdir()
+        (trial / "config.json").write_bytes((d / "config.json").read_bytes())
+        for f in need[1:]:
+            (trial / "model" / f).write_bytes((d / f).read_bytes())
+        model, inputs = rebuild_compact(trial)
+    return model, tuple(int(s) for s in inputs["shape"])
 
 
 def _torch_modules(model: nn.Module) -> set[str]:
@@ -157,45 +238,76 @@ def _download_extra_files(c: MlflowClient, mv: ModelVersion, tracking_uri: str, 
 
 
 def fetch_to(uri: str, out_dir: str | Path, *, tracking_uri: str | None = None) -> FetchedModel:
-    """Download ``uri``'s compact model into ``out_dir`` and rebuild it.
+    """Download ``uri``'s files into ``out_dir`` and load its model.
 
-    Writes ``weights.pt``, ``arch.json``, ``kept_units.json``, ``card.json`` (the trial's
-    metrics, config and provenance plus name/version/aliases) and ``MODEL_CARD.md``.
+    Writes ``model.pt2`` (the delivered program: raw inputs in), ``weights.safetensors`` +
+    ``masks.safetensors`` (the re-trainable form), ``kept_units.json``, ``input.json``,
+    ``config.json``, ``card.json`` (the trial's metrics, config and provenance plus
+    name/version/aliases) and ``MODEL_CARD.md``. A version registered before ``model.pt2``
+    gives ``weights.pt``, ``arch.json``, ``kept_units.json`` and the two cards.
+
+    Raises:
+        ConfigError: the model, alias or version does not exist.
+        ValueError: the version holds neither ``model.pt2`` nor ``arch.json`` +
+            ``weights.pt``, or they do not load.
     """
     turi = tracking_uri or resolve_tracking_uri(None, Path.cwd())
     c = existing_client(turi)
     mv = _resolve(c, uri, turi)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = []
+    files: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="prunetune-fetch-") as tmp:
         src = _download_extra_files(c, mv, turi, Path(tmp))
-        for f in (*MODEL_FILES, "card.json"):
-            if (src / f).is_file():
-                shutil.copyfile(src / f, out / f)
+        present = {f for f in (*MODEL_FILES, *LEGACY_FILES, CARD_FILE) if (src / f).is_file()}
+        if "model.pt2" not in present and not {"arch.json", "weights.pt"} <= present:
+            raise ValueError(
+                f"version {mv.version} of {mv.name!r} must hold model.pt2 (or, registered "
+                f"before it, arch.json + weights.pt), but it holds {sorted(present) or 'none'}."
+            )
+        for f in dict.fromkeys((*MODEL_FILES, *LEGACY_FILES, CARD_FILE, ONNX_FILE)):
+            if f in present:
+                write_atomic(out / f, (src / f).read_bytes())
                 files.append(out / f)
-    model = load_compact(out)
-    card = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+            else:  # left by an earlier fetch into out_dir: not this version's
+                (out / f).unlink(missing_ok=True)
+    card = json.loads((out / CARD_FILE).read_text()) if CARD_FILE in present else {}
     aliases = tuple(sorted(getattr(mv, "aliases", []) or []))
     card.update({"name": mv.name, "version": str(mv.version), "aliases": list(aliases)})
-    (out / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
-    arch = json.loads((out / "arch.json").read_text())
-    md = out / "MODEL_CARD.md"
-    md.write_text(model_card_markdown(card, arch, uri))
-    files.append(md)
+    arch: dict[str, Any] | None = None
+    if "model.pt2" in present:
+        from prunetune.prune.deliver import load_pt2
+
+        model: nn.Module = load_pt2(out / "model.pt2")
+        inputs = json.loads((out / "input.json").read_text()) if "input.json" in present else {}
+        inputs = inputs or card.get("input", {})
+    else:
+        model = load_compact(out)
+        arch = json.loads((out / "arch.json").read_text())
+        inputs = {"shape": list(arch["input_shape"]), "dtype": "float32"}
+    write_atomic(out / CARD_FILE, json.dumps(card, indent=2, default=str) + "\n")
+    write_atomic(out / "MODEL_CARD.md", model_card_markdown(card, uri, arch))
+    files += [out / CARD_FILE, out / "MODEL_CARD.md"]
     return FetchedModel(
         model=model,
-        arch=arch,
         name=mv.name,
         version=str(mv.version),
         aliases=aliases,
+        inputs=inputs,
         card=card,
         files=tuple(dict.fromkeys(files)),
+        arch=arch,
     )
 
 
-def fetch(uri: str, *, tracking_uri: str | None = None) -> nn.Module:
-    """A registered pruned model as a plain ``torch.nn`` module (eval mode, CPU).
+def fetch(uri: str, *, tracking_uri: str | None = None) -> FetchedModel:
+    """A registered pruned model, loaded, with its record.
+
+    ``.model`` is a :class:`~prunetune.prune.deliver.DeliveredModel` that takes raw inputs
+    (``.inputs``: shape, dtype, range; the standardisation is inside) and supports ``.eval()``
+    and ``.to(device)``; for a version registered before ``model.pt2`` it is the rebuilt
+    ``nn.Sequential`` (standardised inputs). No files are kept (``files`` is empty); use
+    :func:`fetch_to` for them.
 
     Args:
         uri: ``NAME@ALIAS`` (e.g. ``"quickstart@knee"``) or ``NAME/VERSION``.
@@ -203,10 +315,56 @@ def fetch(uri: str, *, tracking_uri: str | None = None) -> nn.Module:
 
     Example:
         >>> import prunetune
-        >>> model = prunetune.fetch("quickstart@knee")  # doctest: +SKIP
+        >>> got = prunetune.fetch("quickstart@knee")  # doctest: +SKIP
+        >>> logits = got.model(got.random_inputs(4))  # doctest: +SKIP
     """
     with tempfile.TemporaryDirectory(prefix="prunetune-fetch-") as tmp:
-        return fetch_to(uri, tmp, tracking_uri=tracking_uri).model
+        return replace(fetch_to(uri, tmp, tracking_uri=tracking_uri), files=())
+
+
+def write_onnx(
+    got: FetchedModel, out_dir: str | Path, *, n: int = 8, seed: int = 0
+) -> tuple[Path, float]:
+    """Write ``out_dir/model.onnx`` for a model :func:`fetch_to` wrote to ``out_dir`` and
+    check it with onnxruntime against the fetched model on ``n`` random raw inputs
+    (:meth:`FetchedModel.random_inputs`); needs ``pip install 'prunetune[onnx]'``.
+
+    The program in ``model.pt2`` is converted as is (standardisation included); a version
+    registered before ``model.pt2`` converts its rebuilt module (standardised inputs).
+
+    Returns:
+        the ONNX file and the largest absolute difference of its outputs.
+
+    Raises:
+        ValueError: ``model.pt2`` is missing from ``out_dir``, or the ONNX outputs differ by
+            more than 1e-4 (the file is then removed).
+    """
+    import torch
+
+    from prunetune.prune.deliver import check_onnx, export_onnx
+
+    out = Path(out_dir)
+    if got.arch is None and not (out / "model.pt2").is_file():
+        raise ValueError(f"{out} must contain model.pt2 (written by fetch_to) to convert it.")
+    x = got.random_inputs(n, seed)  # (n, *input_shape)
+    source = out / "model.pt2" if got.arch is None else got.model
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" and the like
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations
+            path = export_onnx(source, x, out / ONNX_FILE)
+    finally:
+        quiet.setLevel(level)
+    with torch.no_grad():
+        expected = got.model(x)
+    try:
+        diff = check_onnx(path, x, expected)
+    except ValueError:
+        path.unlink(missing_ok=True)
+        raise
+    return path, diff
 
 
 def versions(c: MlflowClient, name: str) -> list[ModelVersion]:

@@ -11,25 +11,30 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunetune._cache import write_atomic
 from prunetune.search._errors import ConfigError
 from prunetune.search._front import TrialRecord
 from prunetune.search._mlflow import existing_client, param_value, require_study_run
 from prunetune.search.registry._card import card_json, fmt_int
 from prunetune.search.registry._fetch import (
+    CARD_FILE,
     MODEL_FILES,
     aliases_by_version,
     load_compact,
+    random_inputs,
     versions,
 )
 from prunetune.search.registry._select import ALIAS_RULES, DEFAULT_SELECT, select_trials
 
 if TYPE_CHECKING:
+    import torch
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModel, Run
     from mlflow.entities.model_registry import ModelVersion
@@ -177,7 +182,7 @@ def _describe_registered_model(
 def _create_version(
     c: MlflowClient, name: str, rec: TrialRecord, parent: Run, study: str
 ) -> ModelVersion:
-    """Log trial ``rec``'s compact model as a logged model and make it a version of ``name``.
+    """Log trial ``rec``'s delivered model as a logged model and make it a version of ``name``.
 
     The version's source is the logged model's artifact location (a path, or
     ``mlflow-artifacts:/…`` on a server), which resolves without MLflow's global URIs —
@@ -196,29 +201,31 @@ def _create_version(
 
 
 def _log_model(c: MlflowClient, rec: TrialRecord, parent: Run, study: str) -> LoggedModel:
-    """A READY logged model (pytorch flavour, pt2) with the compact files in ``extra_files/``,
-    linked to the trial's run as its output.
+    """A READY logged model (pytorch flavour, pt2) with the version's files in
+    ``extra_files/``, linked to the trial's run as its output.
 
     Raises:
         ConfigError: the trial's run has no ``model/`` artifact.
     """
     from mlflow.entities import LoggedModelOutput
 
+    from prunetune.prune.deliver import export_pt2
+
     with tempfile.TemporaryDirectory(prefix="prunetune-register-") as tmp:
         d = Path(tmp)
-        try:
-            c.download_artifacts(rec.run_id, "model", str(d))
-        except Exception as e:  # MlflowException or OSError, depending on the store
-            raise ConfigError(
-                f"trial {rec.trial} (run {rec.run_id}) has no compact model artifact "
-                f"'model/' to register: {e}"
-            ) from None
-        compact = d / "model"
-        (compact / "card.json").write_text(
-            json.dumps(card_json(rec, parent, study), indent=2, default=str) + "\n"
-        )
-        model = load_compact(compact)
-        arch = json.loads((compact / "arch.json").read_text())
+        trial = _download_trial(c, rec, d / "trial")
+        model, inputs = _delivered_model(trial, rec)
+        files = d / "files"
+        files.mkdir()
+        # two rows: torch.export would fix a batch of one to the constant 1
+        example = random_inputs(inputs, n=2)  # (2, *shape), raw
+        export_pt2(model, example, files / "model.pt2")
+        for src in (trial / "config.json", *(trial / "model" / f for f in MODEL_FILES)):
+            if src.is_file() and not (files / src.name).exists():
+                shutil.copyfile(src, files / src.name)
+        write_atomic(files / "input.json", json.dumps(inputs, indent=2) + "\n")
+        card = card_json(rec, parent, study, inputs)
+        write_atomic(files / CARD_FILE, json.dumps(card, indent=2, default=str) + "\n")
         lm = c.create_logged_model(
             parent.info.experiment_id,
             name=f"{study}-trial-{rec.trial:04d}",
@@ -228,7 +235,7 @@ def _log_model(c: MlflowClient, rec: TrialRecord, parent: Run, study: str) -> Lo
         )
         try:
             flavour = d / "mlflow-model"
-            _save_flavour(model, arch, compact, flavour, lm, rec.run_id)
+            _save_flavour(model, example, sorted(files.iterdir()), flavour, lm, rec.run_id)
             c.log_model_artifacts(lm.model_id, str(flavour))
         except BaseException:
             c.finalize_logged_model(lm.model_id, "FAILED")
@@ -238,15 +245,91 @@ def _log_model(c: MlflowClient, rec: TrialRecord, parent: Run, study: str) -> Lo
     return lm
 
 
+def _download_trial(c: MlflowClient, rec: TrialRecord, dst: Path) -> Path:
+    """The trial's checkpoint files from its run (``model/`` and ``config.json``, mirrored by
+    the driver) into ``dst``; returns ``dst``.
+
+    Raises:
+        ConfigError: the run has no ``model/`` artifact.
+    """
+    from mlflow.exceptions import MlflowException
+
+    dst.mkdir(parents=True)
+    try:
+        c.download_artifacts(rec.run_id, "model", str(dst))
+    except Exception as e:  # MlflowException or OSError, depending on the store
+        raise ConfigError(
+            f"trial {rec.trial} (run {rec.run_id}) has no compact model artifact "
+            f"'model/' to register: {e}"
+        ) from None
+    with contextlib.suppress(MlflowException, OSError):  # a run that predates config.json
+        c.download_artifacts(rec.run_id, "config.json", str(dst))
+    return dst
+
+
+def _delivered_model(trial: Path, rec: TrialRecord) -> tuple[nn.Module, dict[str, Any]]:
+    """What the version delivers: ``Standardize(mean, std)`` then the trial's compact model
+    (eval mode, raw inputs in), and ``input.json``.
+
+    The compact model is rebuilt from the trial's config and safetensors
+    (:func:`~prunetune.search.trial.rebuild_compact`, any model); a run that predates them
+    gives ``arch.json`` + ``weights.pt``, and its data set's statistics.
+    """
+    from torch import nn
+
+    from prunetune.prune.deliver import WEIGHTS_FILE, Standardize
+    from prunetune.search.trial import rebuild_compact
+
+    try:
+        if (trial / "model" / WEIGHTS_FILE).is_file() and (trial / "config.json").is_file():
+            compact, inputs = rebuild_compact(trial)
+        else:
+            compact, inputs = load_compact(trial / "model"), _legacy_inputs(trial / "model", rec)
+    except ValueError as e:  # ConfigError included: name the trial once
+        raise ConfigError(f"cannot register trial {rec.trial} (run {rec.run_id}): {e}") from None
+    model = nn.Sequential(Standardize(inputs["mean"], inputs["std"]), compact)
+    return model.eval(), inputs
+
+
+def _legacy_inputs(model_dir: Path, rec: TrialRecord) -> dict[str, Any]:
+    """``input.json`` of a run that predates it: the shape from ``arch.json``, the
+    standardisation from the trial's data set (loaded here, as the trial loaded it)."""
+    from prunetune.datasets import load_dataset
+    from prunetune.search._mlflow import parse_param
+
+    arch = json.loads((model_dir / "arch.json").read_text())
+    dataset = rec.params.get("dataset")
+    if not dataset:
+        raise ConfigError(
+            "it has no input.json and names no dataset (param 'dataset'), so the "
+            "standardisation of its inputs is unknown."
+        )
+    try:
+        data = load_dataset(dataset, data_dir=parse_param(rec.params.get("data_dir")))
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(
+            f"it has no input.json; its dataset {dataset!r} gives the standardisation, "
+            f"but it does not load: {e}"
+        ) from None
+    return {
+        "shape": list(arch["input_shape"]),
+        "dtype": "float32",
+        "range": [0.0, 1.0],
+        "mean": float(data.mean),
+        "std": float(data.std),
+    }
+
+
 def _save_flavour(
     model: nn.Module,
-    arch: dict[str, Any],
-    compact: Path,
+    example: torch.Tensor,
+    extra_files: Sequence[Path],
     path: Path,
     lm: LoggedModel,
     run_id: str,
 ) -> None:
-    """``mlflow.pytorch.save_model`` (pt2, signature, input example) to the local ``path``.
+    """``mlflow.pytorch.save_model`` (pt2, dynamic batch, signature, input example) to the
+    local ``path``, with ``extra_files``.
 
     The ``MLmodel`` names the logged model and the run, as ``log_model`` would write them.
     """
@@ -254,10 +337,8 @@ def _save_flavour(
     import torch
     from mlflow.models import Model, infer_signature
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((2, *arch["input_shape"]), generator=gen)  # (2, *input_shape)
     with torch.no_grad():
-        y = model(x)
+        y = model(example)
     mlflow.pytorch.save_model(
         model,
         str(path),
@@ -268,10 +349,10 @@ def _save_flavour(
             model_id=lm.model_id,
         ),
         serialization_format="pt2",
-        signature=infer_signature(x.numpy(), y.numpy()),
-        input_example=x.numpy(),
+        signature=infer_signature(example.numpy(), y.numpy()),
+        input_example=example.numpy(),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        extra_files=[str(compact / f) for f in (*MODEL_FILES, "card.json")],
+        extra_files=[str(f) for f in extra_files],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -15,11 +16,13 @@ from typer.testing import CliRunner
 
 from prunetune.datasets import load_dataset
 from prunetune.prune import evaluate
+from prunetune.prune.deliver import DeliveredModel, export_pt2, load_pt2
 from prunetune.prune.export import count_params
 from prunetune.search import pareto
 from prunetune.search._errors import ConfigError
 from prunetune.search.cli import app
 from prunetune.search.registry import (
+    MODEL_FILES,
     fetch,
     fetch_to,
     list_models,
@@ -121,20 +124,32 @@ def test_version_tags_and_description(study):
     assert "knee" in rm.description and set(rm.aliases) == {"knee", "smallest", "most-accurate"}
 
 
+def _raw(x, inputs):
+    """Raw inputs (pixels in [0, 1]) from the standardised split the trial was measured on."""
+    return x * inputs["std"] + inputs["mean"]
+
+
 @pytest.mark.parametrize("alias", ["knee", "smallest", "most-accurate"])
 def test_fetch_round_trip_is_exact(study, digits, alias):
     c = study["client"]
     mv = c.get_model_version_by_alias(STUDY, alias)
     m = study["runs"][mv.run_id].data.metrics
-    model = fetch(f"{STUDY}@{alias}", tracking_uri=study["uri"])
-    assert isinstance(model, nn.Sequential)
-    assert all(type(mod).__module__.startswith("torch.nn.") for mod in model.modules())
-    assert evaluate(model, digits.x_test, digits.y_test) == m["test_accuracy"]
-    assert evaluate(model, digits.x_val, digits.y_val) == m["val_accuracy"]
-    assert count_params(model) == m["params"]
+    got = fetch(f"{STUDY}@{alias}", tracking_uri=study["uri"])
+    model = got.model
+    assert isinstance(model, DeliveredModel) and got.arch is None and got.files == ()
+    assert got.inputs == study["results"][mv.run_id].inputs
+    # raw inputs in: the data set's standardisation is part of the program
+    acc = evaluate(model, _raw(digits.x_test, got.inputs), digits.y_test)
+    assert acc == pytest.approx(m["test_accuracy"], abs=1e-6)
+    acc = evaluate(model, _raw(digits.x_val, got.inputs), digits.y_val)
+    assert acc == pytest.approx(m["val_accuracy"], abs=1e-6)
+    assert count_params(model) == m["params"] == int(mv.tags["params"])
     original = study["results"][mv.run_id].export.model
     with torch.no_grad():
-        assert torch.equal(model(digits.x_test), original(digits.x_test))
+        torch.testing.assert_close(
+            model(_raw(digits.x_test, got.inputs)), original(digits.x_test), rtol=0, atol=1e-5
+        )
+        assert model(_raw(digits.x_test[:1], got.inputs)).shape == (1, 10)  # dynamic batch
 
 
 def test_prunetune_fetch_forwards(study):
@@ -143,9 +158,11 @@ def test_prunetune_fetch_forwards(study):
     a = prunetune.fetch(f"{STUDY}@knee", tracking_uri=study["uri"])
     v = study["client"].get_model_version_by_alias(STUDY, "knee").version
     b = prunetune.fetch(f"{STUDY}/{v}", tracking_uri=study["uri"])
+    assert (a.name, a.version, a.aliases) == (b.name, b.version, b.aliases)
+    assert "knee" in a.aliases
     assert all(
         torch.equal(x, y)
-        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
     )
 
 
@@ -178,9 +195,12 @@ def test_mlflow_pytorch_flavour_loads(study, digits, mlflow_globals):
     loaded = mlflow.pytorch.load_model(f"models:/{STUDY}@knee")
     info = mlflow.models.get_model_info(f"models:/{STUDY}@knee")
     ours = fetch(f"{STUDY}@knee", tracking_uri=study["uri"])
+    x = _raw(digits.x_test, ours.inputs)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(digits.x_test), ours(digits.x_test))
+        torch.testing.assert_close(loaded(x), ours.model(x))
+        assert loaded(x[:3]).shape == (3, 10)  # the flavour's batch is dynamic too
     assert info.signature is not None and info.signature.inputs.is_tensor_spec()
+    assert info.signature.inputs.inputs[0].shape == (-1, 1, 8, 8)
     assert info.saved_input_example_info is not None
     mv = study["client"].get_model_version_by_alias(STUDY, "knee")
     assert info.model_uuid == mv.tags["logged_model_id"] == info.model_id
@@ -208,37 +228,51 @@ def test_registry_leaves_mlflow_globals_alone(study, tmp_path, mlflow_globals):
         got = register_study(study["uri"], STUDY, ["knee", "smallest"], model_name=name)
         assert got and all(v.created for v in got)
         assert globals_now() == before
-        model = fetch(f"{name}@knee", tracking_uri=study["uri"])
+        model = fetch(f"{name}@knee", tracking_uri=study["uri"]).model
         assert globals_now() == before
         knee = c.get_model_version_by_alias(STUDY, "knee")
         assert got[0].run_id == knee.run_id
         original = study["results"][knee.run_id].export.model
-        x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # digits: std 1
         with torch.no_grad():
-            assert torch.equal(model(x), original(x))
+            torch.testing.assert_close(model(x), original(x), rtol=0, atol=1e-5)
     finally:
         c.delete_registered_model(name)
     assert not other.exists()  # nothing was written to (or created in) the global store
 
 
 def test_version_artifacts_are_tensors_and_json(study, tmp_path):
+    from safetensors.torch import load_file
+
     got = fetch_to(f"{STUDY}@smallest", tmp_path, tracking_uri=study["uri"])
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"weights.pt", "arch.json", "kept_units.json", "card.json", "MODEL_CARD.md"} <= names
-    state = torch.load(tmp_path / "weights.pt", weights_only=True)
-    assert all(isinstance(t, torch.Tensor) for t in state.values())
-    arch = json.loads((tmp_path / "arch.json").read_text())
-    assert arch == got.arch and arch["input_shape"] == [1, 8, 8]
-    card = json.loads((tmp_path / "card.json").read_text())
+    assert names == {*MODEL_FILES, "card.json", "MODEL_CARD.md"}
+    assert {p.name for p in got.files} == names
+    assert not {"arch.json", "weights.pt"} & names  # retired as the format
     mv = study["client"].get_model_version_by_alias(STUDY, "smallest")
+    res = study["results"][mv.run_id]
+    weights = load_file(tmp_path / "weights.safetensors")
+    masks = load_file(tmp_path / "masks.safetensors")
+    assert set(masks) <= set(weights)
+    for k, mask in masks.items():  # masks baked into the dense weights
+        assert bool(((mask == 0) | (mask == 1)).all())
+        assert not bool(weights[k][mask == 0].any())
+    inputs = json.loads((tmp_path / "input.json").read_text())
+    assert inputs == got.inputs == res.inputs
+    assert inputs["shape"] == [1, 8, 8] and inputs["range"] == [0.0, 1.0]
+    assert json.loads((tmp_path / "config.json").read_text()) == res.config
+    assert json.loads((tmp_path / "kept_units.json").read_text()) == res.export.kept_units
+    card = json.loads((tmp_path / "card.json").read_text())
     assert card["aliases"] == sorted(mv.aliases) and "smallest" in card["aliases"]
     assert card["version"] == str(mv.version) and card["dataset"] == "digits"
-    assert card["metrics"]["params"] == count_params(load_compact(tmp_path))
+    assert card["input"] == inputs
+    assert card["metrics"]["params"] == count_params(load_pt2(tmp_path / "model.pt2"))
     md = (tmp_path / "MODEL_CARD.md").read_text()
-    assert (
-        f"# {STUDY} v{got.version}" in md
-        and f'prunetune.fetch("{STUDY}@{card["aliases"][0]}")' in md
-    )
+    ref = f"{STUDY}@{card['aliases'][0]}"
+    assert f"# {STUDY} v{got.version}" in md and f'prunetune.fetch("{ref}").model' in md
+    assert "shape `(batch, 1, 8, 8)`" in md and "values in `[0, 1]`" in md and "float32" in md
+    snippet = md.split("```python\n", 1)[1].split("```", 1)[0]  # the first code block
+    assert 'torch.export.load("model.pt2").module()' in snippet and "prunetune" not in snippet
 
 
 def test_register_again_is_idempotent_and_rules_compose(study):
@@ -329,18 +363,21 @@ def test_cli_fetch_verify_passes_then_fails_loudly_on_tampered_weights(study, tm
     assert res.exit_code == 0, res.output
     assert "verified: test accuracy" in res.output
     assert (tmp_path / "ok" / "MODEL_CARD.md").is_file()
+    assert (tmp_path / "ok" / "model.pt2").is_file()
 
-    # Corrupt the stored weights of the version (in the artifact store itself).
+    # Replace the stored program of the version (in the artifact store itself) by one whose
+    # last layer is negated: the logits flip and accuracy collapses.
     mv = c.get_model_version_by_alias(STUDY, "knee")
     stored = Path(c.get_logged_model(mv.tags["logged_model_id"]).artifact_location)
-    weights = stored / "extra_files" / "weights.pt"
-    backup = tmp_path / "weights.bak"
-    shutil.copyfile(weights, backup)
+    program = stored / "extra_files" / "model.pt2"
+    backup = tmp_path / "model.pt2.bak"
+    shutil.copyfile(program, backup)
     try:
-        state = torch.load(weights, weights_only=True)
-        last = [k for k in state if k.endswith("weight")][-1]
-        state[last] = -state[last]  # flips the logits: accuracy collapses
-        torch.save(state, weights)
+        tampered = copy.deepcopy(study["results"][mv.run_id].export.model)
+        last = [m for m in tampered.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.neg_()
+        export_pt2(tampered, torch.zeros(2, 1, 8, 8), program, mean=0.0, std=1.0)
         res = runner.invoke(
             app,
             [
@@ -356,7 +393,40 @@ def test_cli_fetch_verify_passes_then_fails_loudly_on_tampered_weights(study, tm
         assert res.exit_code == 1
         assert "VERIFY FAILED" in res.output
     finally:
-        shutil.copyfile(backup, weights)
+        shutil.copyfile(backup, program)
+
+
+def test_cli_fetch_onnx_matches_the_program(study, tmp_path):
+    out = tmp_path / "onnx"
+    res = runner.invoke(
+        app,
+        ["fetch", f"{STUDY}@knee", "-o", str(out), "--onnx", "--tracking-uri", study["uri"]],
+    )
+    assert res.exit_code == 0, res.output
+    diff = float(res.output.split("max abs diff", 1)[1].split(")", 1)[0])
+    assert 0 <= diff <= 1e-4
+    import onnxruntime as ort
+
+    got = fetch(f"{STUDY}@knee", tracking_uri=study["uri"])
+    x = got.random_inputs(5, seed=3)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), got.model(x), rtol=0, atol=1e-4)
+
+
+def test_cli_fetch_onnx_without_onnxruntime_fails_before_writing(study, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    out = tmp_path / "never"
+    res = runner.invoke(
+        app,
+        ["fetch", f"{STUDY}@knee", "-o", str(out), "--onnx", "--tracking-uri", study["uri"]],
+    )
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: --onnx needs onnxruntime: pip install 'prunetune[onnx]'"
+    assert not out.exists()
 
 
 def test_cli_reports_a_missing_store(tmp_path, monkeypatch):
@@ -374,6 +444,12 @@ def test_a_study_recorded_before_trials_carried_results_still_registers(tmp_path
     from mlflow import MlflowClient
 
     made = make_study(tmp_path, "old", {"name": "old", "dataset": "digits"}, CONFIGS[:2])
+    c = MlflowClient(made["uri"])
+    for run_id in made["mirror"].runs.values():  # runs mirrored before the safetensors files
+        stored = Path(c.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "model"
+        for f in ("weights.safetensors", "masks.safetensors", "input.json"):
+            (stored / f).unlink()
+        assert (stored / "arch.json").is_file() and (stored / "weights.pt").is_file()
     storage = f"sqlite:///{tmp_path / 'old-record.db'}"
     old = optuna.create_study(
         study_name="old", storage=storage, directions=["maximize", "minimize"]
@@ -384,5 +460,116 @@ def test_a_study_recorded_before_trials_carried_results_still_registers(tmp_path
     best = max(range(2), key=lambda n: (made["results"][n].metrics["val_accuracy"], -n))
     assert v.trial == best
     assert v.test_accuracy == made["results"][best].metrics["test_accuracy"]
-    mv = MlflowClient(made["uri"]).get_model_version("old", v.version)
+    mv = c.get_model_version("old", v.version)
     assert mv.tags["dataset"] == "digits"  # from the run's params
+    # rebuilt from arch.json + weights.pt, delivered as model.pt2 with the data set's statistics
+    got = fetch("old@most-accurate", tracking_uri=made["uri"])
+    digits = load_dataset("digits")
+    assert isinstance(got.model, DeliveredModel)
+    assert got.inputs == {**made["results"][best].inputs}
+    acc = evaluate(got.model, _raw(digits.x_test, got.inputs), digits.y_test)
+    assert acc == pytest.approx(v.test_accuracy, abs=1e-6)
+    assert count_params(got.model) == v.params
+
+
+# --------------------------------------------------------------------------- legacy versions
+
+
+def _register_legacy_version(c, name: str, run_id: str, tmp: Path):
+    """A version in the layout registered before ``model.pt2`` (real MLflow): the compact
+    ``nn.Sequential`` as the pt2 flavour, with ``extra_files`` weights.pt, arch.json,
+    kept_units.json and card.json from the trial's run."""
+    import mlflow.pytorch
+    from mlflow.models import Model, infer_signature
+
+    c.download_artifacts(run_id, "model", str(tmp))
+    compact = tmp / "model"
+    run = c.get_run(run_id)
+    card = {"study": STUDY, "run_id": run_id, "method": "gumbel", "dataset": "digits"}
+    card["metrics"] = dict(run.data.metrics)
+    (compact / "card.json").write_text(json.dumps(card))
+    model = load_compact(compact)
+    lm = c.create_logged_model(run.info.experiment_id, name=f"{name}-old", source_run_id=run_id)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x)
+    mlflow.pytorch.save_model(
+        model,
+        str(tmp / "flavour"),
+        mlflow_model=Model(
+            artifact_path=lm.artifact_location,
+            run_id=run_id,
+            model_uuid=lm.model_id,
+            model_id=lm.model_id,
+        ),
+        serialization_format="pt2",
+        signature=infer_signature(x.numpy(), y.numpy()),
+        input_example=x.numpy(),
+        extra_files=[
+            str(compact / f) for f in ("weights.pt", "arch.json", "kept_units.json", "card.json")
+        ],
+    )
+    c.log_model_artifacts(lm.model_id, str(tmp / "flavour"))
+    c.finalize_logged_model(lm.model_id, "READY")
+    c.create_registered_model(name)
+    return c.create_model_version(
+        name, source=lm.artifact_location, run_id=run_id, model_id=lm.model_id
+    )
+
+
+def test_a_version_registered_before_model_pt2_still_fetches(study, digits, tmp_path):
+    from prunetune.search.registry import compact_module
+
+    c, uri = study["client"], study["uri"]
+    run_id = c.get_model_version_by_alias(STUDY, "knee").run_id
+    name = "reg-legacy"
+    mv = _register_legacy_version(c, name, run_id, tmp_path / "registering")
+    try:
+        fetch_to(f"{STUDY}@knee", tmp_path / "out", tracking_uri=uri)  # a new version first
+        (tmp_path / "out" / "model.onnx").write_text("an earlier --onnx")
+        got = fetch_to(f"{name}/{mv.version}", tmp_path / "out", tracking_uri=uri)
+        names = {p.name for p in (tmp_path / "out").iterdir()}  # nothing of the earlier one
+        assert names == {"weights.pt", "arch.json", "kept_units.json", "card.json", "MODEL_CARD.md"}
+        assert isinstance(got.model, nn.Sequential) and got.arch["input_shape"] == [1, 8, 8]
+        assert got.input_shape == (1, 8, 8)
+        m = study["runs"][run_id].data.metrics
+        # standardised inputs, as before
+        assert evaluate(got.model, digits.x_test, digits.y_test) == m["test_accuracy"]
+        assert count_params(got.model) == m["params"]
+        original = study["results"][run_id].export.model
+        with torch.no_grad():
+            assert torch.equal(got.model(digits.x_test), original(digits.x_test))
+        md = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+        assert "## Compact architecture" in md and "build_model" in md
+        model, shape = compact_module(tmp_path / "out")  # what `prunetune explain` analyses
+        assert shape == (1, 8, 8) and isinstance(model, nn.Sequential)
+        res = runner.invoke(
+            app,
+            [
+                "fetch",
+                f"{name}/{mv.version}",
+                "-o",
+                str(tmp_path / "cli"),
+                "--verify",
+                *["--tracking-uri", uri],
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert "registered before model.pt2" in res.output and "verified" in res.output
+    finally:
+        c.delete_registered_model(name)
+
+
+def test_compact_module_rebuilds_a_new_version_from_its_safetensors(study, digits, tmp_path):
+    from prunetune.search.registry import compact_module
+
+    fetch_to(f"{STUDY}@knee", tmp_path, tracking_uri=study["uri"])
+    model, shape = compact_module(tmp_path)
+    run_id = study["client"].get_model_version_by_alias(STUDY, "knee").run_id
+    original = study["results"][run_id].export.model
+    assert shape == (1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(digits.x_test), original(digits.x_test))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"lacks config\.json"):
+        compact_module(tmp_path)

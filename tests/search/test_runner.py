@@ -134,14 +134,16 @@ def test_study_tracking_end_to_end(ray_local, tiny_spec, tmp_path):
         assert "explain/pathways.png" in {f.path for f in client.list_artifacts(rid, "explain")}
     parent_files = {f.path for f in client.list_artifacts(out.parent_run_id)}
     assert {"pareto_front.png", "pareto_front.html", "pareto_front.csv"} <= parent_files
-    # Delivery: the knee model is a plain torch module reproducing its recorded numbers.
+    # Delivery: the knee model (model.pt2, raw inputs in) reproduces its recorded numbers.
     knee = next(r for r in out.registered if "knee" in r.aliases)
-    model = fetch("tiny@knee", tracking_uri=out.tracking_uri)
-    assert all(type(m).__module__.startswith("torch.nn") for m in model.modules())
+    got = fetch("tiny@knee", tracking_uri=out.tracking_uri)  # model.pt2: raw inputs in
     data = load_dataset("digits")
+    x_raw = data.x_test * got.inputs["std"] + got.inputs["mean"]
     with torch.no_grad():
-        assert evaluate(model, data.x_test, data.y_test) == knee.test_accuracy
-    assert count_params(model) == knee.params
+        assert evaluate(got.model, x_raw, data.y_test) == pytest.approx(
+            knee.test_accuracy, abs=1e-6
+        )
+    assert count_params(got.model) == knee.params
 
 
 def test_study_names_its_objectives_and_fixes_the_hypervolume_reference(tiny_spec, tmp_path):
@@ -265,7 +267,9 @@ def test_a_trial_process_never_imports_mlflow(ray_local, tmp_path):
     result = grid[0].metrics
     assert result["loaded"] == []
     cp = grid[0].checkpoint  # weights and hard masks travel as a Tune checkpoint
-    assert {"weights.pt", "masks.pt", "arch.json"} <= set(os.listdir(f"{cp.path}/model"))
+    assert {"weights.safetensors", "masks.safetensors", "input.json"} <= set(
+        os.listdir(f"{cp.path}/model")
+    )
 
 
 def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):

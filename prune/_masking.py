@@ -98,10 +98,17 @@ def attach_channel_masks(
     model: nn.Module, topology: Topology, source: ChannelSource, *, rows: bool
 ) -> None:
     """Multiply ``source``'s channel vector into every group's producer biases and norm affine
-    parameters, and into the producers' weight rows when ``rows``."""
+    parameters, and into the producers' weight rows when ``rows`` (channel gates) — except for
+    producers that feed a norm of the group directly: the gate then multiplies the normalised
+    output (the norm's γ and β), so a closed channel is exactly zero and its gate still sees
+    the gradient of turning it back on."""
     done: set[tuple[str, str]] = set()
     for g in topology.groups:
-        parts = [(p.name, ("bias", "weight") if rows else ("bias",)) for p in g.producers]
+        parts = [
+            (p.name, ("bias", "weight") if rows else ("bias",))
+            for p in g.producers
+            if not (rows and p.name in g.normed)  # its norm's gate closes it
+        ]
         parts += [(n.name, ("weight", "bias")) for n in g.norms]
         for name, params in parts:
             module = model.get_submodule(name)

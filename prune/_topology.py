@@ -101,6 +101,10 @@ class ChannelGroup:
     producers: list[Member] = field(default_factory=list)
     norms: list[Member] = field(default_factory=list)
     consumers: list[Member] = field(default_factory=list)
+    #: producers whose output goes straight into one of the group's norms: closing the norm's
+    #: affine parameters closes their channels (gating their rows too is redundant, and it
+    #: would starve the gate's straight-through gradient: a norm of a zero row has none)
+    normed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,10 @@ class Topology:
                 continue
             gid = len(groups)
             offset = sum(x.size for x in groups)
-            groups.append(ChannelGroup(gid, root, size, offset, producers, norms, consumers))
+            normed = _normed(dg, names, producers, norms)
+            groups.append(
+                ChannelGroup(gid, root, size, offset, producers, norms, consumers, normed)
+            )
             for p in producers:
                 group_of[p.name] = gid
 
@@ -393,6 +400,22 @@ class Topology:
         return total
 
 
+def _normed(
+    dg: Any, names: dict[nn.Module, str], producers: list[Member], norms: list[Member]
+) -> frozenset[str]:
+    """Producers whose output node feeds one of ``norms`` directly."""
+    prod = {p.name for p in producers}
+    by_name = {n: m for m, n in names.items()}
+    out = set()
+    for n in norms:
+        node = dg.module2node.get(by_name[n.name])
+        for inp in node.inputs if node is not None else ():
+            name = names.get(inp.module)
+            if name in prod:
+                out.add(name)
+    return frozenset(out)
+
+
 @torch.no_grad()
 def _verify_closing(
     model: nn.Module, example: torch.Tensor, groups: list[ChannelGroup], fixed: dict[str, str]
@@ -453,7 +476,11 @@ def _verify_closing(
     offset = 0
     out = []
     for i, g in enumerate(kept):
-        out.append(ChannelGroup(i, g.root, g.size, offset, g.producers, g.norms, g.consumers))
+        out.append(
+            ChannelGroup(
+                i, g.root, g.size, offset, g.producers, g.norms, g.consumers, g.normed
+            )
+        )
         offset += g.size
     return out, fixed
 

@@ -477,9 +477,7 @@ def _verify_closing(
     out = []
     for i, g in enumerate(kept):
         out.append(
-            ChannelGroup(
-                i, g.root, g.size, offset, g.producers, g.norms, g.consumers, g.normed
-            )
+            ChannelGroup(i, g.root, g.size, offset, g.producers, g.norms, g.consumers, g.normed)
         )
         offset += g.size
     return out, fixed

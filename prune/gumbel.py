@@ -137,8 +137,10 @@ class GumbelGate(nn.Module):
         self._p: torch.Tensor | None = None  # σ(θ) of the current step, shared with the penalty
         self._expected: torch.Tensor | None = None  # this step's count (per-weight gates)
 
+    frozen = False  # after ``freeze_at``: the deterministic mask, in training too
+
     def _sampling(self) -> bool:
-        return self.training and torch.is_grad_enabled()
+        return self.training and torch.is_grad_enabled() and not self.frozen
 
     def clear_cache(self) -> None:
         """Forget this step's sample (before a deep copy)."""
@@ -277,6 +279,13 @@ class GumbelPruning(PruningMethod):
         ),
         "logit_lr": Float(1e-4, 1.0, 0.05, log=True, help="learning rate of the mask logits"),
         "init_keep_prob": Float(0.5, 0.999, 0.9, help="initial keep probability σ(θ₀)"),
+        "freeze_at": Float(
+            0.05,
+            1.0,
+            1.0,
+            help="fraction of training after which the masks freeze at 1[θ > 0] (the weights "
+            "train on with the masks evaluation uses; 1 = never)",
+        ),
     }
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
@@ -325,6 +334,13 @@ class GumbelPruning(PruningMethod):
     def on_step(self, step: int) -> None:
         self._step = step
         self._set_tau(step)
+        if not self.frozen and step >= self.config["freeze_at"] * self.ctx.total_steps:
+            self.frozen = True
+            for g in self.gates.values():
+                g.frozen = True
+                g.logits.requires_grad_(False)
+
+    frozen = False
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
@@ -354,7 +370,9 @@ class GumbelPruning(PruningMethod):
                 total = total + kept + m * (e - kept)
         return total + self._const
 
-    def penalty(self) -> torch.Tensor:
+    def penalty(self) -> torch.Tensor | None:
+        if self.frozen:
+            return None
         density = self.expected_params() / self.dense_count
         self._last_density = float(density.detach())
         if self.config["penalty"] == "target":

@@ -346,3 +346,28 @@ def test_invalid_config_names_field_and_value(cfg, match):
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match=r"method.name must be one of .* but got 'obd'"):
         make_method({"name": "obd"})
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_masks_freeze_at_their_threshold_after_freeze_at(granularity):
+    """After ``freeze_at`` of the steps the training forward uses 1[θ > 0], exactly what
+    evaluation uses; the logits stop learning and the penalty is off."""
+    torch.manual_seed(0)
+    model = build_model(mlp_spec((6,), [5, 4], 3))
+    cfg = {"name": "gumbel", "granularity": granularity, "init_keep_prob": 0.6, "freeze_at": 0.5}
+    method = make_method(cfg)
+    method.attach(model, _ctx(model, (6,), epochs=2, steps=10))  # 20 steps: frozen at 10
+    for g in method.gates.values():
+        torch.nn.init.normal_(g.logits)
+    x = torch.randn(8, 6)
+    method.on_step(9)
+    assert not method.frozen and method.penalty() is not None
+    model.train()
+    assert not torch.equal(model(x), model(x))  # two different samples of the masks
+    method.on_step(10)
+    assert method.frozen and method.penalty() is None
+    assert all(not g.logits.requires_grad for g in method.gates.values())
+    model.train()
+    trained = model(x)
+    model.eval()
+    assert torch.equal(trained, model(x))  # the deterministic masks, in training too

@@ -5,28 +5,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prunetune.search.registry import FetchedModel
+    from torch import nn
 
 __version__ = "0.1.0"
 
 
-def fetch(uri: str, **kwargs: Any) -> FetchedModel:
-    """Fetch a registered pruned model (``"NAME@ALIAS"`` or ``"NAME/VERSION"``).
+def fetch(uri: str, **kwargs: Any) -> nn.Module:
+    """Fetch a registered pruned model (``"NAME@ALIAS"`` or ``"NAME/VERSION"``) as a module.
 
-    Returns a :class:`~prunetune.search.registry.FetchedModel`: ``.model`` takes raw inputs
-    (``.inputs`` gives their shape, dtype and range; the data set's standardisation is part of
-    the model) and supports ``.eval()`` and ``.to(device)``; ``.card`` holds the recorded
-    metrics and config. Keyword arguments go to :func:`prunetune.search.registry.fetch`
-    (``tracking_uri``).
+    The module takes raw inputs (the data set's standardisation is part of it) and supports
+    ``.eval()`` and ``.to(device)``; ``.inputs`` gives the expected shape, dtype and range and
+    ``.card`` the recorded metrics and config. Keyword arguments go to
+    :func:`prunetune.search.registry.fetch` (``tracking_uri``), which returns the full
+    :class:`~prunetune.search.registry.FetchedModel` record.
 
     Example:
         >>> import prunetune
-        >>> got = prunetune.fetch("quickstart@knee")          # doctest: +SKIP
-        >>> logits = got.model(got.random_inputs(4))          # doctest: +SKIP
+        >>> model = prunetune.fetch("quickstart@knee").eval()        # doctest: +SKIP
+        >>> logits = model(torch.rand(4, *model.inputs["shape"]))    # doctest: +SKIP
     """
     from prunetune.search.registry import fetch as _fetch
 
-    return _fetch(uri, **kwargs)
+    got = _fetch(uri, **kwargs)
+    model = got.model
+    model.inputs = dict(got.inputs)
+    model.card = dict(got.card)
+    return model
 
 
 __all__ = ["__version__", "fetch"]

@@ -22,6 +22,7 @@ from prunetune.prune.deliver import DeliveredModel, load_masked_state
 from prunetune.prune.export import count_params
 from prunetune.search.cli import app
 from prunetune.search.registry import FetchedModel, register_study
+from prunetune.search.registry import fetch as registry_fetch
 from prunetune.search.trial import build_trial_model
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -81,7 +82,7 @@ def _check_fetched(reg: dict) -> FetchedModel:
     parameters are the version's ``params`` tag, and its outputs are the trial's compact
     model's on the standardised inputs."""
     data, tags, res = reg["data"], reg["tags"], reg["result"]
-    got = prunetune.fetch(f"{reg['version'].name}@knee", tracking_uri=reg["uri"])
+    got = registry_fetch(f"{reg['version'].name}@knee", tracking_uri=reg["uri"])
     assert isinstance(got.model, DeliveredModel) and got.arch is None
     assert got.model.eval().to("cpu") is got.model
     assert got.inputs == res.inputs
@@ -107,6 +108,15 @@ def test_fetched_fashion_model_takes_raw_inputs(fashion):
         assert not torch.allclose(
             got.model(data.x_test[:8]), got.model(_raw(data.x_test[:8], got.inputs))
         )
+
+
+def test_prunetune_fetch_returns_the_module_with_its_record(fashion):
+    model = prunetune.fetch(f"{fashion['version'].name}@knee", tracking_uri=fashion["uri"])
+    assert isinstance(model, DeliveredModel)
+    assert model.eval().to("cpu") is model
+    res = fashion["result"]
+    assert model.inputs == res.inputs
+    assert model.card["metrics"]["test_accuracy"] == res.metrics["test_accuracy"]
 
 
 def test_model_card_states_the_inputs(fashion, tmp_path):

@@ -235,14 +235,9 @@ class _OpenRows(ChannelSource):
         self._tick = -1
         self._v: torch.Tensor | None = None
 
-    #: in training, the open channels are recomputed every this many forward passes (a row's
-    #: logits cross zero rarely; evaluation and export always recompute)
-    REFRESH = 8
-
     def vector(self) -> torch.Tensor:
         training = bool(self._rows) and self._rows[0][0]._sampling()
-        fresh = 0 <= self.clock.tick - self._tick < self.REFRESH
-        if training and fresh and self._v is not None:
+        if training and self._tick == self.clock.tick and self._v is not None:
             return self._v
         self._tick = self.clock.tick
         dev = self._rows[0][0].logits.device if self._rows else torch.device("cpu")

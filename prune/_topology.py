@@ -276,29 +276,25 @@ class Topology:
         Args:
             masks: hard 0/1 weight masks by layer name (a missing layer is dense).
         """
-        out = torch.zeros(self.channels, dtype=torch.bool)
-        for g in self.groups:
-            for p in g.producers:
-                m = masks.get(p.name)
-                if m is None:
-                    row = torch.ones(len(p.idx), dtype=torch.bool)
-                else:
-                    row = (m.detach() != 0).flatten(1)[p.idx.to(m.device)].any(1).cpu()
-                out[g.offset + p.root] |= row
-        return out
+        return self._reached(masks, producers=True)
 
     def used_channels(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """bool[channels]: channels with a kept weight in some consumer column."""
+        return self._reached(masks, producers=False)
+
+    def _reached(self, masks: Mapping[str, torch.Tensor], *, producers: bool) -> torch.Tensor:
+        """Channels with a kept weight in some member's rows (producers) or columns."""
         out = torch.zeros(self.channels, dtype=torch.bool)
         for g in self.groups:
-            for c in g.consumers:
-                m = masks.get(c.name)
+            for member in g.producers if producers else g.consumers:
+                m = masks.get(member.name)
                 if m is None:
-                    col = torch.ones(len(c.idx), dtype=torch.bool)
+                    hit = torch.ones(len(member.idx), dtype=torch.bool)
                 else:
-                    nz = (m.detach() != 0).transpose(0, 1).flatten(1)
-                    col = nz[c.idx.to(m.device)].any(1).cpu()
-                out.index_put_((g.offset + c.root,), col, accumulate=True)
+                    nz = m.detach() != 0
+                    nz = nz if producers else nz.transpose(0, 1)
+                    hit = nz.flatten(1)[member.idx.to(m.device)].any(1).cpu()
+                out.index_put_((g.offset + member.root,), hit, accumulate=True)
         return out
 
     def live(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -296,22 +296,9 @@ def reference_point(vspec: Any) -> tuple[float, float]:
         return tuple(float(v) for v in spec.objectives.reference_point)  # type: ignore[return-value]
     import torch
 
-    from prunetune.datasets import dataset_info, load_dataset
-    from prunetune.models import build_family
+    from prunetune.datasets import load_dataset
 
-    m = spec.model
-    widths = m.widths or (m.bounds("width")[1],) * m.bounds("depth")[1]
-    channels = [m.bounds("width")[1]] if m.family == "resnet" else m.channels
-    info = dataset_info(spec.dataset)
-    model = build_family(
-        m.family,
-        info.input_shape,
-        info.num_outputs,
-        widths,
-        channels,
-        "relu",
-        depth=max(m.resnet_depths),
-    )
+    model = spec.model.build_extreme(spec.dataset, largest=True)
     dense = sum(p.numel() for p in model.parameters())
     if MAXIMIZE[spec.metric]:
         return 0.0, float(dense)

@@ -102,6 +102,26 @@ class ModelSpace(_Strict):
         v = getattr(self, name)
         return (v, v) if isinstance(v, int) else (v[0], v[1])
 
+    def build_extreme(self, dataset: str, *, largest: bool) -> Any:
+        """The largest (or smallest) plain model this space builds for ``dataset``."""
+        from prunetune.datasets import dataset_info
+        from prunetune.models import build_family
+
+        pick = 1 if largest else 0
+        info = dataset_info(dataset)
+        widths = self.widths or (self.bounds("width")[pick],) * self.bounds("depth")[pick]
+        channels = [self.bounds("width")[pick]] if self.family == "resnet" else self.channels
+        depths = self.resnet_depths
+        return build_family(
+            self.family,
+            info.input_shape,
+            info.num_outputs,
+            widths,
+            channels,
+            "relu",
+            depth=max(depths) if largest else min(depths),
+        )
+
     @property
     def resnet_depths(self) -> tuple[int, ...]:
         v = self.resnet_depth
@@ -344,23 +364,10 @@ def _validate_methods_fit_model(spec: StudySpec) -> None:
     import torch
 
     from prunetune.datasets import dataset_info
-    from prunetune.models import build_family
     from prunetune.prune import Topology
 
-    m = spec.model
-    info = dataset_info(spec.dataset)
-    widths = m.widths or (m.bounds("width")[0],) * m.bounds("depth")[0]
-    channels = [m.bounds("width")[0]] if m.family == "resnet" else m.channels
-    model = build_family(
-        m.family,
-        info.input_shape,
-        info.num_outputs,
-        widths,
-        channels,
-        "relu",
-        depth=min(m.resnet_depths),
-    )
-    topology = Topology.build(model, torch.zeros(2, *info.input_shape))
+    model = spec.model.build_extreme(spec.dataset, largest=False)
+    topology = Topology.build(model, torch.zeros(2, *dataset_info(spec.dataset).input_shape))
     for name in picky:
         try:
             METHODS[name].check(topology)

@@ -184,3 +184,16 @@ def test_fingerprint_ignores_later_settings_at_their_defaults():
     assert parse_spec(_with("train.loss", "auto")).spec.fingerprint() == fp
     assert parse_spec(_with("objectives.metric", "val_accuracy")).spec.fingerprint() == fp
     assert parse_spec(_with("train.loss", "cross_entropy")).spec.fingerprint() != fp
+
+
+def test_a_resnet_space_is_validated_and_methods_that_cannot_prune_it_are_refused():
+    spec = _with("model", {"family": "resnet", "resnet_depth": [8, 14], "width": [4, 8]})
+    v = parse_spec(spec)
+    assert v.spec.model.resnet_depths == (8, 14)
+    assert sum(
+        p.numel() for p in v.spec.model.build_extreme("digits", largest=False).parameters()
+    ) < sum(p.numel() for p in v.spec.model.build_extreme("digits", largest=True).parameters())
+    with pytest.raises(ConfigError, match=r"methods\.kfac: method kfac cannot prune layer \S+: "):
+        parse_spec(_with("methods", {"kfac": {"neurons": 0.1}}, base=spec))
+    with pytest.raises(ConfigError, match=r"model\.resnet_depth"):
+        parse_spec(_with("model.resnet_depth", 10, base=spec))

@@ -15,6 +15,13 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
+from prunetune.datasets._cifar import (
+    CIFAR10_CLASSES,
+    CIFAR10_FILES,
+    CIFAR10_FOLDER,
+    cifar10_files_in,
+    read_cifar10,
+)
 from prunetune.datasets._download import IDX_FILE_STEMS, default_cache_dir
 from prunetune.datasets._idx import read_idx
 from prunetune.datasets._splits import Splits, Task
@@ -28,6 +35,8 @@ FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 # 5,000 of the 60,000 MNIST-style training images become the validation split; smaller
 # (e.g. test) files keep the same 1/12 ratio.
 _VAL_FRACTION_DENOM = 12
+# 5,000 of CIFAR-10's 50,000 training images become the validation split (1/10).
+_CIFAR_VAL_FRACTION_DENOM = 10
 # sklearn's random_state and numpy's SeedSequence both accept this range.
 _MAX_SEED = 2**32 - 1
 
@@ -188,25 +197,37 @@ def _search_dirs(name: str, data_dir: Path | None, defaults: tuple[Path, ...]) -
     return list(dict.fromkeys(dirs))  # de-duplicate, keep order
 
 
+_FilesIn = Callable[[Path], tuple[dict[str, Path], list[str]]]
+
+
 def _locate(
-    name: str, data_dir: Path | None, defaults: tuple[Path, ...], hint: str
+    name: str, dirs: list[Path], files_in: _FilesIn, expected: str, hint: str
 ) -> dict[str, Path]:
+    """The files of the first of ``dirs`` where ``files_in`` finds none missing.
+
+    ``expected`` (which files one directory must hold) and ``hint`` (how to get them) end the
+    error that lists every directory searched and what each lacked.
+    """
     searched: list[str] = []
-    for directory in _search_dirs(name, data_dir, defaults):
+    for directory in dirs:
         if not directory.is_dir():
             searched.append(f"  - {directory}  (no such directory)")
             continue
-        found, missing = _idx_files_in(directory)
+        found, missing = files_in(directory)
         if not missing:
             return found
         searched.append(f"  - {directory}  (missing: {', '.join(missing)})")
-    expected = "\n".join(f"  {stem}.gz  (or {stem})" for stem in IDX_FILE_STEMS)
     raise FileNotFoundError(
         f"Could not find the {name!r} dataset. Searched these directories, in order:\n"
         + "\n".join(searched)
-        + f"\nOne directory must contain all four IDX files, gzipped or raw:\n{expected}\n"
+        + f"\n{expected}\n"
         + hint
     )
+
+
+_IDX_EXPECTED = "One directory must contain all four IDX files, gzipped or raw:\n" + "\n".join(
+    f"  {stem}.gz  (or {stem})" for stem in IDX_FILE_STEMS
+)
 
 
 def _standardise_lut(train_u8: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -257,7 +278,8 @@ def _idx_loader(
     """Builds the loader of an MNIST-style dataset whose default location is ``defaults()``."""
 
     def load(info: DatasetInfo, data_dir: Path | None, split_seed: int) -> Splits:
-        files = _locate(info.name, data_dir, defaults(), hint())
+        dirs = _search_dirs(info.name, data_dir, defaults())
+        files = _locate(info.name, dirs, _idx_files_in, _IDX_EXPECTED, hint())
         x_train_u8, y_train_all = _read_pair(
             info, files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"]
         )
@@ -272,28 +294,44 @@ def _idx_loader(
                 f"hold at least {_VAL_FRACTION_DENOM} images to carve a validation split, "
                 f"but got {n}."
             )
-        perm = np.random.default_rng(split_seed).permutation(n)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        train_u8 = x_train_u8[train_idx]
-        lut, mean, std = _standardise_lut(train_u8)
-        c, h, w = info.input_shape
-
-        def to_x(u8: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(lut[u8].reshape(len(u8), c, h, w))  # (n, 1, 28, 28)
-
-        return Splits.of(
-            info,
-            x_train=to_x(train_u8),
-            y_train=torch.from_numpy(y_train_all[train_idx]),
-            x_val=to_x(x_train_u8[val_idx]),
-            y_val=torch.from_numpy(y_train_all[val_idx]),
-            x_test=to_x(x_test_u8),
-            y_test=torch.from_numpy(y_test),
-            mean=mean,
-            std=std,
+        return _standardised_splits(
+            info, x_train_u8, y_train_all, x_test_u8, y_test, n_val, split_seed
         )
 
     return load
+
+
+def _standardised_splits(
+    info: DatasetInfo,
+    x_train_u8: np.ndarray,
+    y_train_all: np.ndarray,
+    x_test_u8: np.ndarray,
+    y_test: np.ndarray,
+    n_val: int,
+    split_seed: int,
+) -> Splits:
+    """Carves ``n_val`` validation images from the training file(s) by a permutation seeded
+    with ``split_seed``, and standardises every split with the rest's pixel mean and std."""
+    perm = np.random.default_rng(split_seed).permutation(len(y_train_all))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    train_u8 = x_train_u8[train_idx]
+    lut, mean, std = _standardise_lut(train_u8)
+    c, h, w = info.input_shape
+
+    def to_x(u8: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(lut[u8].reshape(len(u8), c, h, w))  # (n, c, h, w)
+
+    return Splits.of(
+        info,
+        x_train=to_x(train_u8),
+        y_train=torch.from_numpy(y_train_all[train_idx]),
+        x_val=to_x(x_train_u8[val_idx]),
+        y_val=torch.from_numpy(y_train_all[val_idx]),
+        x_test=to_x(x_test_u8),
+        y_test=torch.from_numpy(y_test),
+        mean=mean,
+        std=std,
+    )
 
 
 def _mnist_hint() -> str:
@@ -314,10 +352,60 @@ def _fashion_hint() -> str:
     )
 
 
+# --- CIFAR-10 ---------------------------------------------------------------------------------
+
+
+def _cifar10_dirs(data_dir: Path | None) -> list[Path]:
+    """``_search_dirs``'s directories, each followed by its ``cifar-10-batches-py``: the folder
+    the archive unpacks to may be given, or the directory it was unpacked in."""
+    defaults = (default_cache_dir() / "cifar10",)
+    dirs = _search_dirs("cifar10", data_dir, defaults)
+    return list(dict.fromkeys(p for d in dirs for p in (d, d / CIFAR10_FOLDER)))
+
+
+_CIFAR10_EXPECTED = (
+    "One directory must contain the batch files of CIFAR-10's python version "
+    "(cifar-10-python.tar.gz; batches.meta is optional):\n"
+    + "\n".join(f"  {name}" for name in CIFAR10_FILES)
+)
+
+
+def _load_cifar10(info: DatasetInfo, data_dir: Path | None, split_seed: int) -> Splits:
+    hint = (
+        f"To get it: run `prunetune data download cifar10` (downloads into "
+        f"{default_cache_dir() / 'cifar10' / CIFAR10_FOLDER}), or pass --data-dir "
+        f"(data_dir=...) pointing at a directory with the files (or at the directory the "
+        f"archive was unpacked in), or set $PRUNETUNE_DATA to a directory holding them (or a "
+        f"'cifar10' sub-directory)."
+    )
+    files = _locate(info.name, _cifar10_dirs(data_dir), cifar10_files_in, _CIFAR10_EXPECTED, hint)
+    x_train_u8, y_train_all, x_test_u8, y_test = read_cifar10(files)
+    n = len(y_train_all)
+    n_val = n // _CIFAR_VAL_FRACTION_DENOM  # 5,000 for the standard 50,000
+    if n_val < 1:
+        raise ValueError(
+            f"{info.name}: the training batches in {str(files[CIFAR10_FILES[0]].parent)!r} must "
+            f"hold at least {_CIFAR_VAL_FRACTION_DENOM} images together to carve a validation "
+            f"split, but got {n}."
+        )
+    return _standardised_splits(info, x_train_u8, y_train_all, x_test_u8, y_test, n_val, split_seed)
+
+
 _DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 _REGISTRY: MappingProxyType[str, _Entry] = MappingProxyType(
     {
+        "cifar10": _Entry(
+            DatasetInfo(
+                name="cifar10",
+                task="classification",
+                input_shape=(3, 32, 32),
+                num_outputs=10,
+                classes=CIFAR10_CLASSES,
+                description="Krizhevsky's 60,000 32x32 colour images in 10 classes (CIFAR-10)",
+            ),
+            _load_cifar10,
+        ),
         "digits": _Entry(
             DatasetInfo(
                 name="digits",
@@ -419,6 +507,11 @@ def load_dataset(
 ) -> Splits:
     """Loads a registered dataset into memory as train/validation/test tensors.
 
+    * ``cifar10``: the python version's five 10,000-image training batches and its test batch
+      (``cifar-10-batches-py``); 5,000 validation images are carved from train by a
+      permutation seeded with ``split_seed`` (45,000 / 5,000 / 10,000). Images are
+      ``(3, 32, 32)``, RGB; pixels are scaled and standardised as for ``mnist`` below (one
+      scalar mean and std over all three channels). The test split keeps file order.
     * ``digits``: scikit-learn's bundled 8x8 digits, pixels divided by 16. Stratified split
       with ``random_state=split_seed``: 20% test, then 10% of the rest validation
       (1,293 / 144 / 360 samples).
@@ -427,7 +520,6 @@ def load_dataset(
       (55,000 / 5,000 / 10,000). Pixels are scaled to ``[0, 1]`` and standardised with the
       scalar mean and std of the (post-carve) training split, recorded in ``Splits.mean`` and
       ``Splits.std``. The test split keeps file order.
-
     * ``pathways-toy``: regression with ``x₁..x₄ ~ U(−1, 1)``, ``y₁ = 3·sin((x₁ − x₂)²)``,
       ``y₂ = (x₃ + x₄)³`` (Zhang, Tao & Zhang 2023), generated by
       ``numpy.random.default_rng(split_seed)``: 1,000 training samples of which the last 200
@@ -437,11 +529,16 @@ def load_dataset(
     ``data_dir/<name>``; ``$PRUNETUNE_DATA/<name>`` and ``$PRUNETUNE_DATA``; then
     ``/usr/share/datasets/fashion-mnist`` for fashion-mnist, or the download cache
     (``$PRUNETUNE_CACHE/mnist``, default ``~/.cache/prunetune/mnist``) for mnist. The first
-    directory holding all four files wins.
+    directory holding all four files wins. CIFAR-10's batch files are looked up in the same
+    directories (with ``<name>`` = ``cifar10`` and the download cache
+    ``$PRUNETUNE_CACHE/cifar10``), each followed by its ``cifar-10-batches-py`` sub-directory;
+    the first directory holding ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` wins.
+    They are Python pickles, read by an unpickler that refuses every global but numpy's
+    array reconstruction (a tampered file is a ``ValueError``, never code execution).
 
     Args:
         name: One of :data:`DATASETS`.
-        data_dir: Directory to search first; ignored by ``digits``.
+        data_dir: Directory to search first; ignored by ``digits`` and ``pathways-toy``.
         device: Where to put the tensors.
         split_seed: Seed of the train/validation(/test) split, an int in ``[0, 2**32 - 1]``.
             The same seed always gives the same split.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -183,6 +183,37 @@ class Splits:
             tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[ids]))
             tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(y[ids]))
         return cls.of(info, **tensors)
+
+    # -- the data interface the training loop reads (shared with DatasetSplits) -------------
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled epoch over the training split (:func:`~prunetune.datasets.batches`)."""
+        from prunetune.datasets._batches import batches
+
+        return batches(self.x_train, self.y_train, batch_size, generator=generator)
+
+    def eval_batches(
+        self, split: str, batch_size: int = 4096
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``split`` (``train``, ``val`` or ``test``) in order, in batches."""
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+
+    def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` random training samples (without replacement), drawn with ``generator``."""
+        idx = torch.randperm(self.num_train, generator=generator, device=generator.device)[:k]
+        idx = idx.to(self.device)
+        return self.x_train[idx], self.y_train[idx]
+
+    def example(self, k: int = 2) -> torch.Tensor:
+        """The first ``k`` training inputs (an example batch, e.g. to trace a model)."""
+        return self.x_train[:k]
+
+    def targets(self, split: str) -> torch.Tensor:
+        """All targets of ``split``."""
+        return getattr(self, f"y_{split}")
 
     def to(self, device: str | torch.device) -> Splits:
         """Returns a ``Splits`` with every tensor on ``device``; tensors already there are shared."""

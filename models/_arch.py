@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._schema import ACTIVATIONS as _ACTIVATION_NAMES
+from prunetune._schema import FAMILIES  # declared once, with the trial config
+
 # An architecture spec: {"input_shape": [C, H, W] or [F], "layers": [{"type": ..., ...}, ...]}.
 ArchSpec = dict[str, Any]
 
@@ -18,6 +21,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
 }
+assert tuple(ACTIVATIONS) == _ACTIVATION_NAMES
 
 
 def _linear(d: dict[str, Any]) -> nn.Module:
@@ -177,7 +181,6 @@ def lenet5_spec(
 
 # Every built-in family; build any of them with ``prunetune.models.build_family``. Only the
 # first three are ``nn.Sequential`` specs (``family_spec``); resnet has residual adds.
-FAMILIES = ("mlp", "lenet5", "cnn", "resnet")
 
 
 def family_spec(

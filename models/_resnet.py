@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-# depth = 6n + 2 (n BasicBlocks per stage, 2 convs each, plus the stem conv and the classifier).
-RESNET_DEPTHS = (8, 14, 20, 32)
+from prunetune._schema import RESNET_DEPTHS
+
+# depth = 6n + 2 (n BasicBlocks per stage, 2 convs each, plus the stem conv and the classifier);
+# RESNET_DEPTHS is declared once, with the trial config.
 
 
 def _check_positive(value: object, field: str) -> int:

@@ -32,7 +32,7 @@ from prunetune.prune._base import (
 from prunetune.prune._hparams import Choice, Float, HParamTable, Int, validate_config
 from prunetune.prune._masking import FixedMask, attach_fixed_masks, fixed_masks, remove_masks
 from prunetune.prune._topology import ChannelGroup, Layer, Topology
-from prunetune.prune._train import TrainConfig, TrainResult, evaluate, train
+from prunetune.prune._train import TrainConfig, TrainResult, evaluate, evaluate_batches, train
 from prunetune.prune.export import ExportResult, count_params, export_compact, plain_copy
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "attach_fixed_masks",
     "count_params",
     "evaluate",
+    "evaluate_batches",
     "export_compact",
     "fixed_masks",
     "get_method",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
+from prunetune._schema import TRAIN
 from prunetune.prune._base import PruneContext, PruningMethod
 from prunetune.prune._topology import Topology
 
@@ -20,11 +21,69 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _Data(Protocol):
+    """What the loop reads of its data: the datasets package's in-memory ``Splits`` and its
+    ``DatasetSplits`` (Datasets through a ``DataLoader``) both provide it."""
+
+    input_shape: tuple[int, ...]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def num_train(self) -> int: ...
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    """Plain in-memory tensors (an object with ``input_shape``, ``x_train``, ``y_train``,
+    ``x_val``, ``y_val``) as :class:`_Data`."""
+
     input_shape: tuple[int, ...]
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    @property
+    def num_train(self) -> int:
+        return len(self.x_train)
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(self.num_train, generator=generator, device=generator.device)
+        order = order.to(self.device)
+        for i in range(0, self.num_train, batch_size):
+            idx = order[i : i + batch_size]
+            yield self.x_train[idx], self.y_train[idx]
+
+    def eval_batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        for i in range(0, len(x), 4096):
+            yield x[i : i + 4096], y[i : i + 4096]
+
+    def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randperm(self.num_train, generator=generator, device=generator.device)[:k]
+        idx = idx.to(self.device)
+        return self.x_train[idx], self.y_train[idx]
+
+
+def _as_data(data: Any) -> _Data:
+    if hasattr(data, "train_batches"):
+        return data
+    return _Tensors(tuple(data.input_shape), data.x_train, data.y_train, data.x_val, data.y_val)
 
 
 #: One epoch of ``(x, y)`` mini-batches over the training split, shuffled by the generator it
@@ -40,7 +99,8 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training budget and optimiser.
+    """Training budget and optimiser; values are checked against the trial-config schema
+    (:data:`prunetune._schema.TRAIN`), the one table that bounds them everywhere.
 
     Attributes:
         epochs: passes over the training split.
@@ -53,26 +113,19 @@ class TrainConfig:
         seed: seeds weight init, shuffling and mask noise; same seed → same metrics.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    epochs: int = TRAIN["epochs"].default
+    batch_size: int = TRAIN["batch_size"].default
+    lr: float = TRAIN["lr"].default
+    optimizer: Literal["adam", "adamw", "sgd"] = TRAIN["optimizer"].default
+    weight_decay: float = TRAIN["weight_decay"].default
+    momentum: float = TRAIN["momentum"].default
     loss: Literal["cross_entropy", "mse", "l1"] = "cross_entropy"
-    seed: int = 0
+    seed: int = TRAIN["seed"].default
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, but got {self.epochs!r}.")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, but got {self.batch_size!r}.")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, but got {self.lr!r}.")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(
-                f"train.optimizer must be one of ['adam', 'adamw', 'sgd'], but got {self.optimizer!r}."
-            )
+        for f in fields(self):
+            if f.name != "loss":
+                TRAIN[f.name].check(f"train.{f.name}", getattr(self, f.name))
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {sorted(LOSSES)}, but got {self.loss!r}.")
 
@@ -83,7 +136,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -93,18 +145,33 @@ def evaluate(
     batch_size: int = 4096,
 ) -> float:
     """Accuracy (classification) or mean loss (regression) of ``model`` in eval mode."""
+    return evaluate_batches(
+        model,
+        ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)),
+        loss=loss,
+    )
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    loss: str = "cross_entropy",
+) -> float:
+    """:func:`evaluate` over ``(x, y)`` batches (e.g. a data set's ``eval_batches("val")``)."""
     was_training = model.training
     model.eval()
-    total = 0.0
-    for i in range(0, len(x), batch_size):
-        out = model(x[i : i + batch_size])  # (b, num_outputs)
-        yb = y[i : i + batch_size]
+    total, n = 0.0, 0
+    for xb, yb in batches:
+        out = model(xb)  # (b, num_outputs)
         if loss == "cross_entropy":
             total += float((out.argmax(1) == yb).sum())
         else:
             total += float(LOSSES[loss](out, yb, reduction="sum"))
+        n += len(yb)
     model.train(was_training)
-    return total / len(x)
+    return total / max(n, 1)
 
 
 def _optimizer(model: nn.Module, method: PruningMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -126,7 +193,7 @@ def train(
     data: _Data,
     cfg: TrainConfig,
     *,
-    batches: BatchFn,
+    batches: BatchFn | None = None,
     report: Callable[[dict[str, float]], None] | None = None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
     topology: Topology | None = None,
@@ -136,14 +203,15 @@ def train(
     Args:
         model: the plain model (no masks yet), on the same device as ``data``.
         method: a pruning method, not yet attached.
-        data: in-memory splits, such as the datasets package's ``Splits``: ``input_shape``,
-            ``x_train``/``y_train`` (what data-dependent methods score on) and
-            ``x_val``/``y_val`` (the per-epoch metric).
+        data: the datasets package's ``Splits`` (in memory) or ``DatasetSplits`` (through a
+            ``DataLoader``), or any object with ``input_shape``, ``x_train``, ``y_train``,
+            ``x_val`` and ``y_val`` tensors: its training split (batches, and random samples that
+            data-dependent methods score on) and validation split (the per-epoch metric).
         cfg: training budget and optimiser.
         batches: called once per epoch with the loop's generator (seeded with ``cfg.seed``);
-            returns that epoch's mini-batches of ``cfg.batch_size`` over ``data``'s training
-            split, e.g. ``lambda g: batches(data.x_train, data.y_train, cfg.batch_size,
-            generator=g)`` with the datasets package's ``batches``.
+            returns that epoch's mini-batches over the training split. Default:
+            ``data.train_batches(cfg.batch_size, g)``; pass one to transform them (e.g.
+            ``augment_batches``).
         report: called after each epoch with ``{"epoch", "loss", "val_accuracy" | "val_loss",
             **method.stats(), **epoch_metrics()}``.
         epoch_metrics: extra per-epoch metrics (e.g. the kept parameters).
@@ -152,18 +220,22 @@ def train(
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
     """
-    device = data.x_train.device
+    data = _as_data(data)
+    device = data.device
     # Pruned weights get zero gradients, so their optimiser state decays into denormal floats,
     # which are ~100x slower on CPUs; flushing them to zero changes no result that matters.
     torch.set_flush_denormal(True)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = LOSSES[cfg.loss]
-    n_train = len(data.x_train)
+    n_train = data.num_train
     steps = -(-n_train // cfg.batch_size)  # per epoch, for the methods' schedules
+    if batches is None:
+
+        def batches(g: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+            return data.train_batches(cfg.batch_size, g)
 
     def sample_batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randperm(n_train, generator=gen, device=device)[:k]
-        return data.x_train[idx], data.y_train[idx]
+        return data.sample(k, gen)
 
     ctx = PruneContext.for_model(
         model,
@@ -204,7 +276,7 @@ def train(
                 f"training loss is {mean_loss} at epoch {epoch + 1} (step {step})."
             )
         method.on_epoch_end(epoch)
-        val = evaluate(model, data.x_val, data.y_val, loss=cfg.loss)
+        val = evaluate_batches(model, data.eval_batches("val"), loss=cfg.loss)
         row = {"epoch": epoch + 1, "loss": mean_loss}
         row["val_accuracy" if cfg.loss == "cross_entropy" else "val_loss"] = val
         row.update(method.stats())

@@ -13,7 +13,8 @@ def format_pydantic(err: Any, source: str = "") -> str:
     """One readable line per pydantic error: ``field.path: message (got value)``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        # a union's tags ("~family") are no field of the user's
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("~")) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "is not a known field"

@@ -296,14 +296,12 @@ def reference_point(vspec: Any) -> tuple[float, float]:
         return tuple(float(v) for v in spec.objectives.reference_point)  # type: ignore[return-value]
     import torch
 
-    from prunetune.datasets import load_dataset
-
-    model = spec.model.build_extreme(spec.dataset, largest=True)
+    model = spec.model.build_extreme(vspec.data_info, largest=True)
     dense = sum(p.numel() for p in model.parameters())
     if MAXIMIZE[spec.metric]:
         return 0.0, float(dense)
-    data = load_dataset(spec.dataset, data_dir=spec.data_dir)
-    err = data.y_val - data.y_train.float().mean(0)
+    data = vspec.load_data()
+    err = data.targets("val") - data.targets("train").float().mean(0)
     worst = err.abs().mean() if spec.train.loss == "l1" else err.pow(2).mean()
     return float(torch.as_tensor(worst)), float(dense)
 

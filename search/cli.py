@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunetune.search import cli_explain, cli_tracking
+from prunetune.search import cli_data, cli_explain, cli_tracking
 from prunetune.search._cli_common import EXIT_CONFIG, _fail, console
 from prunetune.search._errors import ConfigError
 
@@ -34,6 +34,7 @@ app = typer.Typer(
 # Mounted without a name, their commands join this app's, listed after its own.
 app.add_typer(cli_tracking.app)
 app.add_typer(cli_explain.app)
+app.add_typer(cli_data.app)
 
 
 def _parse_value(text: str) -> Any:

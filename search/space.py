@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunetune._hparams import Choice, Float, Int, Param
+from prunetune._schema import SEARCHABLE, TRAIN
 from prunetune.prune import METHODS
-from prunetune.prune._hparams import Choice, Float, Int, Param
-from prunetune.search.spec import TRAIN_TABLE, ValidatedSpec
+from prunetune.search.spec import FactorySpace, ValidatedSpec
 
 
 def _suggest(trial: Any, name: str, param: Param, rng: tuple[Any, ...]) -> Any:
@@ -42,6 +43,19 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     }
 
     m = spec.model
+    if isinstance(m, FactorySpace):
+        from prunetune._factory import resolve
+        from prunetune.models import data_params
+
+        params = {k: d.suggest(trial, f"model.{k}") for k, d in vspec.model_dims.items()}
+        info = vspec.data_info
+        filled = data_params(
+            resolve(m.factory, "model.factory"), params, info.input_shape, info.num_outputs
+        )
+        return {
+            "model": {"factory": m.factory, "params": filled},
+            **_rest(trial, vspec, method, hp),
+        }
     channels, resnet_depth = list(m.channels), 20
     if m.family == "resnet":
         widths = []
@@ -69,13 +83,7 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     activation = (
         acts[0] if len(acts) == 1 else trial.suggest_categorical("model.activation", list(acts))
     )
-    train = {
-        k: _suggest(trial, f"train.{k}", TRAIN_TABLE[k], rng)
-        for k, rng in vspec.train_ranges.items()
-    }
     return {
-        "dataset": spec.dataset,
-        "data_dir": spec.data_dir,
         "model": {
             "family": m.family,
             "widths": widths,
@@ -83,13 +91,25 @@ def sample_config(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
             "activation": activation,
             "depth": resnet_depth,
         },
+        **_rest(trial, vspec, method, hp),
+    }
+
+
+def _rest(trial: Any, vspec: ValidatedSpec, method: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """The trial config beside its model: data, method and training options (sampled after
+    the model's, in the order studies have always drawn them)."""
+    spec = vspec.spec
+    train = {
+        k: _suggest(trial, f"train.{k}", TRAIN[k], rng) for k, rng in vspec.train_ranges.items()
+    }
+    fixed = {k: getattr(spec.train, k) for k in TRAIN if k not in SEARCHABLE}
+    if "augment" in fixed:
+        fixed["augment"] = list(fixed["augment"] or ())
+    return {
+        "dataset": vspec.dataset_config(),
+        "data_dir": spec.data_dir,
         "method": {"name": method, **hp},
-        "train": {
-            **train,
-            "epochs": spec.train.epochs,
-            "seed": spec.train.seed,
-            "loss": spec.train.loss,
-        },
+        "train": {**fixed, **train},
     }
 
 

@@ -17,33 +17,41 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
+    create_model,
     field_validator,
-    model_validator,
 )
 
 from prunetune.search._errors import ConfigError, format_pydantic
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
-# Training options a spec may search, with the values a trial accepts (one table; the spec's
-# ranges are checked against it, the search space samples within it).
-from prunetune.prune._hparams import Choice, Float, Int, check_range  # noqa: E402
+# Training options: the trial-config schema (one table; a spec's ranges are checked against it,
+# the search space samples within it). TRAIN_TABLE: the options a spec may search.
+from prunetune._factory import Dim, FactoryError, check_signature, parse_params, resolve  # noqa: E402
+from prunetune._hparams import check_range  # noqa: E402
+from prunetune._schema import (  # noqa: E402
+    ADDED_LATER,
+    FAMILIES,
+    LOSSES_OF_TASK,
+    METRIC_OF_TASK,
+    RESNET_DEPTHS,
+    RUN_SETTINGS,
+    SEARCHABLE,
+    TRAIN,
+)
 
-TRAIN_TABLE = {
-    "lr": Float(1e-5, 1.0, 1e-3, log=True, help="weight learning rate"),
-    "batch_size": Int(1, 1 << 16, 128, help="samples per step"),
-    "optimizer": Choice(("adam", "adamw", "sgd"), "adam", help="optimiser"),
-    "weight_decay": Float(0.0, 1.0, 0.0, help="weight decay"),
-}
+TRAIN_TABLE = {k: TRAIN[k] for k in SEARCHABLE}
 
 
 class _Strict(BaseModel):
@@ -51,14 +59,16 @@ class _Strict(BaseModel):
 
 
 class ModelSpace(_Strict):
-    family: Literal["mlp", "lenet5", "cnn", "resnet"] = "mlp"
+    """A built-in family (``mlp``, ``lenet5``, ``cnn``, ``resnet``) and its ranges."""
+
+    family: Literal[FAMILIES] = "mlp"  # type: ignore[valid-type]
     depth: tuple[int, int] | int = Field(
         (1, 2), description="number of hidden FC layers [min, max] (mlp/lenet5/cnn)"
     )
     width: tuple[int, int] | int = Field(
         (16, 128), description="per-layer width [min, max]; resnet: the first stage's width"
     )
-    resnet_depth: tuple[Literal[8, 14, 20, 32], ...] | Literal[8, 14, 20, 32] = Field(
+    resnet_depth: tuple[Literal[RESNET_DEPTHS], ...] | Literal[RESNET_DEPTHS] = Field(  # type: ignore[valid-type]
         20, description="resnet depth (6n + 2), or a list to choose from"
     )
     width_log: bool = True
@@ -102,13 +112,12 @@ class ModelSpace(_Strict):
         v = getattr(self, name)
         return (v, v) if isinstance(v, int) else (v[0], v[1])
 
-    def build_extreme(self, dataset: str, *, largest: bool) -> Any:
-        """The largest (or smallest) plain model this space builds for ``dataset``."""
-        from prunetune.datasets import dataset_info
+    def build_extreme(self, info: Any, *, largest: bool) -> Any:
+        """The largest (or smallest) plain model this space builds for data shaped as ``info``
+        (``input_shape``, ``num_outputs``)."""
         from prunetune.models import build_family
 
         pick = 1 if largest else 0
-        info = dataset_info(dataset)
         widths = self.widths or (self.bounds("width")[pick],) * self.bounds("depth")[pick]
         channels = [self.bounds("width")[pick]] if self.family == "resnet" else self.channels
         depths = self.resnet_depths
@@ -128,16 +137,65 @@ class ModelSpace(_Strict):
         return (v,) if isinstance(v, int) else tuple(v)
 
 
-class TrainSpace(_Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int | list[int] = 128
-    lr: float | list[float] = 1e-3
-    optimizer: str | list[str] = "adam"
-    weight_decay: float | list[float] = 0.0
-    seed: int = Field(0, ge=0, description="training seed shared by every trial")
-    loss: Literal["auto", "cross_entropy", "mse", "l1"] = Field(
-        "auto", description="auto: cross_entropy (classification) or mse (regression)"
+class FactorySpace(_Strict):
+    """A user's model: ``factory: "package.module:callable"`` called with ``params`` (each a
+    fixed value, a ``[low, high]`` range, ``{low, high, log}``, a list of choices or
+    ``{value: ...}``; see :mod:`prunetune._factory`)."""
+
+    factory: str = Field(description="import path 'package.module:callable' of the model")
+    params: dict[str, Any] = Field(default_factory=dict, description="the factory's parameters")
+
+    def dims(self) -> dict[str, Dim]:
+        return parse_params(self.params, "model.params")
+
+    def build_extreme(self, info: Any, *, largest: bool) -> Any:
+        """The factory's model at each parameter's largest (or smallest) value."""
+        from prunetune.models import build_from_factory
+
+        pick = 1 if largest else 0
+        params = {k: d.extreme_values[pick] for k, d in self.dims().items()}
+        return build_from_factory(
+            self.factory, params, input_shape=info.input_shape, num_outputs=info.num_outputs
+        )
+
+
+class DataFactory(_Strict):
+    """A user's data: ``factory: "package.module:callable"`` called with ``params`` (fixed
+    values); it returns a mapping of tensors or a tuple of three Datasets
+    (:mod:`prunetune.datasets`)."""
+
+    factory: str = Field(description="import path 'package.module:callable' of the data")
+    params: dict[str, Any] = Field(default_factory=dict, description="its (fixed) arguments")
+    num_classes: int | None = Field(
+        None, ge=1, description="classes (default: the factory's, else the largest label + 1)"
     )
+    name: str | None = Field(None, description="a name for reports (default: the import path)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.factory
+
+
+def _model_kind(v: Any) -> str:
+    return "~factory" if isinstance(v, dict) and "factory" in v else "~family"
+
+
+ModelSection = Annotated[
+    Annotated[ModelSpace, Tag("~family")] | Annotated[FactorySpace, Tag("~factory")],
+    Discriminator(_model_kind),
+]
+
+
+def _train_space() -> type[BaseModel]:
+    """``train:`` of a spec, one field per option of the schema (ranges are checked in
+    :func:`_validate_train`)."""
+    fields: dict[str, Any] = {
+        name: (Any, Field(p.default, description=p.help)) for name, p in TRAIN.items()
+    }
+    return create_model("TrainSpace", __base__=_Strict, **fields)
+
+
+TrainSpace = _train_space()
 
 
 class Objectives(_Strict):
@@ -206,48 +264,38 @@ class StudySpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
-    dataset: str
+    dataset: str | DataFactory
     data_dir: str | None = None
-    model: ModelSpace = ModelSpace()
+    model: ModelSection = ModelSpace()
     methods: dict[str, dict[str, Any]]
-    train: TrainSpace = TrainSpace()
+    train: TrainSpace = TrainSpace()  # type: ignore[valid-type]
     objectives: Objectives = Objectives()
     search: SearchSettings = SearchSettings()
     tracking: Tracking = Tracking()
 
     @field_validator("dataset")
     @classmethod
-    def _dataset(cls, v: str) -> str:
+    def _dataset(cls, v: Any) -> Any:
         from prunetune.datasets import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(f"must be one of {list(DATASETS)}, got {v!r}")
+        if isinstance(v, str) and v not in DATASETS:
+            raise ValueError(
+                f"must be one of {list(DATASETS)} or {{factory: 'package.module:callable'}}, "
+                f"got {v!r}"
+            )
         return v
 
-    @model_validator(mode="after")
-    def _family_fits_dataset(self) -> StudySpec:
-        from prunetune.datasets import dataset_info
-
-        info = dataset_info(self.dataset)
-        shape = info.input_shape
-        if self.model.family == "lenet5" and (len(shape) != 3 or min(shape[1:]) < 20):
-            raise ValueError(
-                f"model.family 'lenet5' needs images of at least 20x20, but dataset "
-                f"{self.dataset!r} has input shape {tuple(shape)}"
-            )
-        if self.model.family == "resnet" and (len(shape) != 3 or min(shape[1:]) < 8):
-            raise ValueError(
-                f"model.family 'resnet' needs images of at least 8x8, but dataset "
-                f"{self.dataset!r} has input shape {tuple(shape)}"
-            )
-        return self
+    @property
+    def dataset_label(self) -> str:
+        """The data set's name in reports: a built-in's name or the factory's."""
+        return self.dataset if isinstance(self.dataset, str) else self.dataset.label
 
     @property
     def metric(self) -> str:
         """The first objective: ``val_accuracy`` (max) or ``val_loss`` (min)."""
-        from prunetune.datasets import dataset_info
-
-        return self.objectives.metric or _METRIC_OF_TASK[dataset_info(self.dataset).task]
+        if self.objectives.metric is not None:
+            return self.objectives.metric
+        return METRIC_OF_TASK[data_info(self).task]
 
     def fingerprint(self) -> str:
         """Hash of what defines the search space (not run settings like n_trials)."""
@@ -274,10 +322,13 @@ class StudySpec(_Strict):
             o["metric"] = self.objectives.metric
         if o["max_val_loss"] is None:
             del o["max_val_loss"]
-        if t["loss"] == "auto":
-            del t["loss"]
-        if d["model"]["family"] != "resnet":
+        if d["model"].get("family", "resnet") != "resnet":
             del d["model"]["resnet_depth"]
+        for k in RUN_SETTINGS:
+            del t[k]
+        for k in ADDED_LATER:
+            if k in t and _at_default(k, t[k]):
+                del t[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -313,17 +364,62 @@ def _validate_methods(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
-_METRIC_OF_TASK = {"classification": "val_accuracy", "regression": "val_loss"}
-_LOSSES_OF_TASK = {"classification": ("cross_entropy",), "regression": ("mse", "l1")}
+def _at_default(option: str, value: Any) -> bool:
+    default = TRAIN[option].default
+    if isinstance(default, tuple):
+        return isinstance(value, list | tuple) and list(value) == list(default)
+    return bool(value == default)
+
+
+# -- the data: a built-in's description, or a factory's (probed once per process) ---------------
+_PROBED: dict[str, Any] = {}
+
+
+def data_info(spec: StudySpec) -> Any:
+    """What the study's data looks like: ``name``, ``task``, ``input_shape``, ``num_outputs``.
+
+    A built-in's is known without loading; a data factory is called once (per process and
+    factory config) and its data described.
+
+    Raises:
+        ConfigError: the factory does not resolve, raises or returns something else.
+    """
+    if isinstance(spec.dataset, str):
+        from prunetune.datasets import dataset_info
+
+        return dataset_info(spec.dataset)
+    return _probe(spec.dataset)[0]
+
+
+def _probe(d: DataFactory) -> tuple[Any, Any]:
+    """(info, data) of a data factory: its data on the CPU, loaded once per process."""
+    key = json.dumps(d.model_dump(mode="json"), sort_keys=True, default=repr)
+    if key not in _PROBED:
+        from prunetune.datasets._factory import load_factory_data
+
+        try:
+            data = load_factory_data(d.factory, d.params, num_classes=d.num_classes, name=d.label)
+        except FactoryError as e:
+            raise ConfigError(str(e)) from None
+        from prunetune.datasets import DatasetInfo
+
+        info = DatasetInfo(
+            name=d.label,
+            task=data.task,
+            input_shape=tuple(data.input_shape),
+            num_outputs=data.num_outputs,
+            classes=tuple(data.classes),
+            description=f"data factory {d.factory}",
+        )
+        _PROBED[key] = (info, data)
+    return _PROBED[key]
 
 
 def _validate_objectives(spec: StudySpec) -> None:
     """The metric, its floor and the loss must fit the dataset's task."""
-    from prunetune.datasets import dataset_info
-
-    task = dataset_info(spec.dataset).task
-    metric, o = _METRIC_OF_TASK[task], spec.objectives
-    where = f"for dataset {spec.dataset!r} ({task})"
+    task = data_info(spec).task
+    metric, o = METRIC_OF_TASK[task], spec.objectives
+    where = f"for dataset {spec.dataset_label!r} ({task})"
     if o.metric not in (None, metric):
         raise ConfigError(f"objectives.metric: must be {metric!r} {where}, got {o.metric!r}")
     if metric == "val_loss" and o.min_val_accuracy is not None:
@@ -336,22 +432,122 @@ def _validate_objectives(spec: StudySpec) -> None:
             f"objectives.max_val_loss: applies to val_loss; a val_accuracy study "
             f"takes objectives.min_val_accuracy, got {o.max_val_loss!r}"
         )
-    losses = ["auto", *_LOSSES_OF_TASK[task]]
+    losses = ["auto", *LOSSES_OF_TASK[task]]
     if spec.train.loss not in losses:
         raise ConfigError(f"train.loss: must be one of {losses} {where}, got {spec.train.loss!r}")
 
 
-def _validate_train(train: TrainSpace) -> dict[str, tuple[Any, ...]]:
+def _validate_train(train: Any) -> dict[str, tuple[Any, ...]]:
+    """Searchable options: their ranges (``(low, high)``, choices or ``(value,)``); every
+    other option is checked as one value."""
     out = {}
-    for name, param in TRAIN_TABLE.items():
+    for name, param in TRAIN.items():
+        value = getattr(train, name)
         try:
-            out[name] = check_range(param, f"train.{name}", getattr(train, name))
+            if name in SEARCHABLE:
+                out[name] = check_range(param, f"train.{name}", value)
+            else:
+                param.check(f"train.{name}", value)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return out
 
 
-def _validate_methods_fit_model(spec: StudySpec) -> None:
+def _validate_model_factory(spec: StudySpec) -> dict[str, Dim]:
+    """The model factory resolves and takes the spec's parameters; its dimensions."""
+    m = spec.model
+    if not isinstance(m, FactorySpace):
+        return {}
+    try:
+        dims = m.dims()
+        fn = resolve(m.factory, "model.factory")
+        check_signature(fn, dims, "model.params", m.factory)
+    except FactoryError as e:
+        raise ConfigError(str(e)) from None
+    return dims
+
+
+def _validate_family(spec: StudySpec) -> None:
+    """A built-in family fits the data's shape."""
+    if not isinstance(spec.model, ModelSpace):
+        return
+    shape = data_info(spec).input_shape
+    family = spec.model.family
+    least = {"lenet5": 20, "resnet": 8}.get(family)
+    if least is not None and (len(shape) != 3 or min(shape[1:]) < least):
+        raise ConfigError(
+            f"model.family {family!r} needs images of at least {least}x{least}, but dataset "
+            f"{spec.dataset_label!r} has input shape {tuple(shape)}"
+        )
+
+
+def _check_one_batch(spec: StudySpec) -> Any:
+    """Build the study's smallest model, run two training samples through it and the loss:
+    its outputs must fit the labels. Returns the model (for the methods' structure check)."""
+    import torch
+
+    from prunetune._schema import resolve_loss
+    from prunetune.prune._train import LOSSES
+
+    info = data_info(spec)
+    field = "model.factory" if isinstance(spec.model, FactorySpace) else "model"
+    try:
+        model = spec.model.build_extreme(info, largest=False)
+    except FactoryError as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if isinstance(spec.dataset, str):
+        x = torch.zeros(2, *info.input_shape)
+        y = (
+            torch.zeros(2, dtype=torch.long)
+            if info.task == "classification"
+            else torch.zeros(2, info.num_outputs)
+        )
+    else:
+        data = _probe(spec.dataset)[1]
+        x, y = data.sample(min(2, data.num_train), torch.Generator().manual_seed(0))
+    what = getattr(spec.model, "factory", spec.model.model_dump().get("family"))
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        raise ConfigError(
+            f"{field}: {what!r} cannot take a batch of the data (x of shape "
+            f"{tuple(x.shape)}): {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(
+            f"{field}: {what!r} returns a {type(out).__name__}, not a tensor of outputs"
+        )
+    top = info.num_outputs - 1
+    if info.task == "classification":
+        if out.dim() != 2 or out.shape[1] <= top:
+            raise ConfigError(
+                f"{field}: {what!r} outputs shape {tuple(out.shape)} for a batch of 2, but the "
+                f"labels of {spec.dataset_label!r} run to {top} ({info.num_outputs} classes): "
+                f"it needs (batch, {info.num_outputs}) logits (set num_classes?)"
+            )
+    elif tuple(out.shape) != tuple(y.shape):
+        raise ConfigError(
+            f"{field}: {what!r} outputs shape {tuple(out.shape)}, but the regression targets "
+            f"of {spec.dataset_label!r} have shape {tuple(y.shape)}"
+        )
+    loss = resolve_loss(spec.train.loss, info.task, repr(spec.dataset_label))
+    try:
+        value = LOSSES[loss](out, y)
+    except Exception as e:
+        raise ConfigError(
+            f"train.loss: {loss} of {what!r}'s outputs {tuple(out.shape)} and the labels "
+            f"{tuple(y.shape)} fails: {type(e).__name__}: {e}"
+        ) from None
+    if not torch.isfinite(value):
+        raise ConfigError(f"{field}: {what!r} gives a non-finite {loss} loss on a data batch")
+    return model.train()
+
+
+def _validate_methods_fit_model(spec: StudySpec, model: Any) -> None:
     """Methods that cannot prune some structures (``PruningMethod.check``: KFAC needs a chain,
     GraSP second derivatives) are tried on the study's model now, not mid-study."""
     from prunetune.prune import METHODS, PruningMethod
@@ -363,11 +559,9 @@ def _validate_methods_fit_model(spec: StudySpec) -> None:
         return
     import torch
 
-    from prunetune.datasets import dataset_info
     from prunetune.prune import Topology
 
-    model = spec.model.build_extreme(spec.dataset, largest=False)
-    topology = Topology.build(model, torch.zeros(2, *dataset_info(spec.dataset).input_shape))
+    topology = Topology.build(model, torch.zeros(2, *data_info(spec).input_shape))
     for name in picky:
         try:
             METHODS[name].check(topology)
@@ -375,23 +569,80 @@ def _validate_methods_fit_model(spec: StudySpec) -> None:
             raise ConfigError(f"methods.{name}: {e}") from None
 
 
-class ValidatedSpec:
-    """A :class:`StudySpec` plus its method and training ranges as checked tuples."""
+def _on_import_path(base_dir: Path | None) -> None:
+    """The spec's folder and the working directory join ``sys.path`` (for this process: the
+    driver; Ray workers get them through ``PYTHONPATH``), so factories resolve from there."""
+    import sys
 
-    def __init__(self, spec: StudySpec, source: str | None = None) -> None:
+    for folder in (base_dir, Path.cwd()):
+        if folder is not None and str(folder.resolve()) not in sys.path:
+            sys.path.append(str(folder.resolve()))
+
+
+class ValidatedSpec:
+    """A :class:`StudySpec` plus its method and training ranges as checked tuples, its model
+    factory's dimensions, and where its factories are imported from.
+
+    Validation resolves every factory and runs one small batch of the data through the
+    study's smallest model and the loss; a data factory is called once here.
+    """
+
+    def __init__(
+        self, spec: StudySpec, source: str | None = None, base_dir: Path | None = None
+    ) -> None:
         self.spec = spec
         self.source = source
+        self.base_dir = base_dir
+        _on_import_path(base_dir)
         self.method_ranges = _validate_methods(spec.methods)
         self.train_ranges = _validate_train(spec.train)
+        self.model_dims = _validate_model_factory(spec)
         _validate_objectives(spec)
-        _validate_methods_fit_model(spec)
+        _validate_family(spec)
+        model = _check_one_batch(spec)
+        _validate_methods_fit_model(spec, model)
+
+    @property
+    def data_info(self) -> Any:
+        """``name``, ``task``, ``input_shape``, ``num_outputs`` of the study's data."""
+        return data_info(self.spec)
+
+    @property
+    def import_paths(self) -> list[str]:
+        """Folders Ray workers need on their import path: the spec's and the working one."""
+        dirs = [self.base_dir, Path.cwd()] if self.base_dir is not None else [Path.cwd()]
+        return list(dict.fromkeys(str(d.resolve()) for d in dirs))
+
+    def dataset_config(self) -> str | dict[str, Any]:
+        """The trial configs' ``dataset``: a built-in's name, or the factory with its classes
+        resolved (so trials need not count them again)."""
+        d = self.spec.dataset
+        if isinstance(d, str):
+            return d
+        info = self.data_info
+        out = d.model_dump(mode="json")
+        if info.task == "classification":
+            out["num_classes"] = info.num_outputs
+        return out
+
+    def load_data(self, device: str = "cpu") -> Any:
+        """The study's data (a built-in loaded, or the factory's, probed once)."""
+        d = self.spec.dataset
+        if isinstance(d, str):
+            from prunetune.datasets import load_dataset
+
+            return load_dataset(d, data_dir=self.spec.data_dir, device=device)
+        return _probe(d)[1].to(device)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.spec, item)
 
 
-def parse_spec(data: Any, source: str = "study spec") -> ValidatedSpec:
-    """Validate a spec given as a mapping.
+def parse_spec(
+    data: Any, source: str = "study spec", base_dir: str | Path | None = None
+) -> ValidatedSpec:
+    """Validate a spec given as a mapping; factories are imported from ``base_dir`` (and the
+    working directory) as well as the installed packages.
 
     Raises:
         ConfigError: naming the field path and the bad value.
@@ -407,13 +658,15 @@ def parse_spec(data: Any, source: str = "study spec") -> ValidatedSpec:
     except ValueError as e:  # raised by dataset_info etc.
         raise ConfigError(f"{source}: {e}") from None
     try:
-        return ValidatedSpec(spec, source)
+        return ValidatedSpec(spec, source, Path(base_dir) if base_dir is not None else None)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
 def load_spec(path: str | Path) -> ValidatedSpec:
-    """Read and validate a study spec file (nothing is created on disk).
+    """Read and validate a study spec file (nothing is created on disk). Factories resolve
+    from the spec's folder, the working directory and the installed packages; a data factory
+    is called once.
 
     Raises:
         ConfigError: the file is missing, not YAML, or invalid (message names field and value).
@@ -427,4 +680,4 @@ def load_spec(path: str | Path) -> ValidatedSpec:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_spec(data, str(p))
+    return parse_spec(data, str(p), p.parent)

@@ -19,22 +19,35 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
+from prunetune._schema import ACTIVATIONS, FAMILIES, RESNET_DEPTHS, TRAIN, resolve_loss
 from prunetune.search._errors import ConfigError, format_pydantic
 
 
 class ModelConfig(BaseModel):
+    """A built-in family's model."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    family: Literal["mlp", "lenet5", "cnn", "resnet"] = "mlp"
+    family: Literal[FAMILIES] = "mlp"  # type: ignore[valid-type]
     widths: tuple[int, ...] = Field((64, 32), description="hidden fully connected widths")
     channels: tuple[int, ...] = Field((), description="conv channels (cnn/lenet5; resnet: [width])")
-    depth: Literal[8, 14, 20, 32] = Field(20, description="resnet depth (6n + 2)")
-    activation: Literal["relu", "silu", "tanh", "gelu"] = "relu"
+    depth: Literal[RESNET_DEPTHS] = Field(20, description="resnet depth (6n + 2)")  # type: ignore[valid-type]
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
 
     @field_validator("widths", "channels")
     @classmethod
@@ -45,19 +58,51 @@ class ModelConfig(BaseModel):
         return v
 
 
-class TrainSection(BaseModel):
+class FactoryModel(BaseModel):
+    """A user's model: ``factory`` (``"package.module:callable"``) called with ``params``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=1 << 20)
-    lr: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    seed: int = Field(0, ge=0)
-    loss: Literal["auto", "cross_entropy", "mse", "l1"] = Field(
-        "auto", description="auto: cross_entropy (classification) or mse (regression)"
+    factory: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FactoryData(BaseModel):
+    """A user's data: ``factory`` called with ``params`` (see :mod:`prunetune.datasets`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factory: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int | None = Field(None, ge=1)
+    name: str | None = None
+
+
+def _model_kind(v: Any) -> str:
+    # tags start with "~": error messages leave them out of field paths
+    if isinstance(v, FactoryModel) or (isinstance(v, dict) and "factory" in v):
+        return "~factory"
+    return "~family"
+
+
+def _train_section() -> type[BaseModel]:
+    """``train`` of a trial config: one field per option of the schema, each checked by it."""
+
+    def check(cls: Any, v: Any, info: ValidationInfo) -> Any:
+        return TRAIN[info.field_name].check(f"train.{info.field_name}", v)
+
+    fields: dict[str, Any] = {
+        name: (Any, Field(p.default, description=p.help)) for name, p in TRAIN.items()
+    }
+    return create_model(
+        "TrainSection",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __validators__={"_check": field_validator(*TRAIN)(check)},
+        **fields,
     )
+
+
+TrainSection = _train_section()
 
 
 class TrialConfig(BaseModel):
@@ -65,21 +110,24 @@ class TrialConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = "digits"
+    dataset: str | FactoryData = "digits"
     data_dir: str | None = None
-    model: ModelConfig = ModelConfig()
+    model: Annotated[
+        Annotated[ModelConfig, Tag("~family")] | Annotated[FactoryModel, Tag("~factory")],
+        Discriminator(_model_kind),
+    ] = ModelConfig()
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "gumbel"})
-    train: TrainSection = TrainSection()
+    train: TrainSection = TrainSection()  # type: ignore[valid-type]
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: leave)")
 
     @field_validator("dataset")
     @classmethod
-    def _dataset(cls, v: str) -> str:
+    def _dataset(cls, v: Any) -> Any:
         from prunetune.datasets import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(f"must be one of {list(DATASETS)}")
+        if isinstance(v, str) and v not in DATASETS:
+            raise ValueError(f"must be one of {list(DATASETS)} or {{factory: ...}}")
         return v
 
     @field_validator("method")
@@ -91,6 +139,11 @@ class TrialConfig(BaseModel):
         name = cfg.pop("name", "gumbel")
         table = get_method(name).hparams
         return {"name": name, **validate_config(table, cfg, where="method")}
+
+    @property
+    def dataset_label(self) -> str:
+        d = self.dataset
+        return d if isinstance(d, str) else d.name or d.factory
 
 
 def parse_config(config: Mapping[str, Any] | TrialConfig) -> TrialConfig:
@@ -107,7 +160,8 @@ def parse_config(config: Mapping[str, Any] | TrialConfig) -> TrialConfig:
         cfg = TrialConfig.model_validate(dict(config))
     except ValidationError as e:
         raise ConfigError(format_pydantic(e, "trial config")) from None
-    _loss_for(cfg.train.loss, dataset_info(cfg.dataset).task, cfg.dataset)  # fits the task
+    if isinstance(cfg.dataset, str):  # a factory's task is known once its data loads
+        _loss_for(cfg.train.loss, dataset_info(cfg.dataset).task, cfg.dataset)
     return cfg
 
 
@@ -172,23 +226,48 @@ class TrialResult:
         return d
 
 
-def build_trial_model(config: Mapping[str, Any] | TrialConfig) -> torch.nn.Module:
+def build_trial_model(config: Mapping[str, Any] | TrialConfig, info: Any = None) -> torch.nn.Module:
     """The plain (unmasked, untrained) model of a trial config, built as ``run_trial`` builds
-    it (same seed, same initial weights)."""
-    from prunetune.datasets import dataset_info
-    from prunetune.models import build_family
+    it (same seed, same initial weights).
+
+    Args:
+        info: the data's ``input_shape`` and ``num_outputs`` (e.g. its ``Splits``); default:
+            the built-in data set's description. A factory-data config needs it.
+    """
+    from prunetune.models import build_family, build_from_factory
 
     cfg = parse_config(config)
-    info = dataset_info(cfg.dataset)
+    if info is None:
+        if not isinstance(cfg.dataset, str):
+            raise ValueError(
+                "build_trial_model needs `info` (input_shape, num_outputs) for a data factory"
+            )
+        from prunetune.datasets import dataset_info
+
+        info = dataset_info(cfg.dataset)
     torch.manual_seed(cfg.train.seed)
+    m = cfg.model
+    if isinstance(m, FactoryModel):
+        from prunetune._factory import FactoryError, import_paths
+
+        try:
+            with import_paths(Path.cwd()):
+                return build_from_factory(
+                    m.factory,
+                    m.params,
+                    input_shape=info.input_shape,
+                    num_outputs=info.num_outputs,
+                )
+        except FactoryError as e:
+            raise ConfigError(str(e)) from None
     return build_family(
-        cfg.model.family,
+        m.family,
         info.input_shape,
         info.num_outputs,
-        cfg.model.widths,
-        cfg.model.channels,
-        cfg.model.activation,
-        depth=cfg.model.depth,
+        m.widths,
+        m.channels,
+        m.activation,
+        depth=m.depth,
     )
 
 
@@ -209,7 +288,8 @@ def rebuild_compact(directory: str | Path) -> tuple[torch.nn.Module, dict[str, A
             raise ValueError(f"{d} must contain {f} (a saved trial).")
     config = json.loads((d / "config.json").read_text())
     inputs = json.loads((d / "model" / "input.json").read_text())
-    model = build_trial_model(config)
+    shape = _Shape(tuple(inputs["shape"]), inputs.get("num_outputs"))
+    model = build_trial_model(config, shape if shape.num_outputs is not None else None)
     flat = load_masked_state(model, d / "model")
     masks: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in flat.items():
@@ -218,6 +298,12 @@ def rebuild_compact(directory: str | Path) -> tuple[torch.nn.Module, dict[str, A
     hard = {n: Mask(weight=m["weight"], bias=m.get("bias")) for n, m in masks.items()}
     example = torch.zeros(2, *inputs["shape"])
     return export_compact(model, hard, example).model.eval(), inputs
+
+
+@dataclass(frozen=True)
+class _Shape:
+    input_shape: tuple[int, ...]
+    num_outputs: int | None
 
 
 def flat_config(config: TrialConfig) -> dict[str, Any]:
@@ -239,15 +325,10 @@ def flat_config(config: TrialConfig) -> dict[str, Any]:
 
 def _loss_for(loss: str, task: str, dataset: str) -> str:
     """``train.loss`` resolved for the dataset's task (``auto``: cross entropy or MSE)."""
-    allowed = ("cross_entropy",) if task == "classification" else ("mse", "l1")
-    if loss == "auto":
-        return allowed[0]
-    if loss not in allowed:
-        raise ConfigError(
-            f"train.loss {loss!r} does not fit dataset {dataset!r} ({task}); "
-            f"use one of {['auto', *allowed]}"
-        )
-    return loss
+    try:
+        return resolve_loss(loss, task, repr(dataset))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run_trial(
@@ -267,11 +348,11 @@ def run_trial(
         metrics ``val_accuracy``, ``test_accuracy``, ``params``, ``params_dense``, ``density``,
         ``live_neurons``, ``seconds`` (training time), plus the history and the export.
     """
-    from prunetune.datasets import batches, load_dataset
+    from prunetune.datasets._factory import load_data
     from prunetune.prune import (
         Topology,
         TrainConfig,
-        evaluate,
+        evaluate_batches,
         export_compact,
         make_method,
         plain_copy,
@@ -282,17 +363,30 @@ def run_trial(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=str(device))
-    loss = _loss_for(cfg.train.loss, data.task, cfg.dataset)
+    t = cfg.train
+    data = _load(load_data, cfg, device)
+    loss = _loss_for(t.loss, data.task, cfg.dataset_label)
     metric = "accuracy" if loss == "cross_entropy" else "loss"
-    model = build_trial_model(cfg).to(device)
-    topology = Topology.build(model, data.x_train[:2])
+    model = build_trial_model(cfg, data).to(device)
+    topology = Topology.build(model, data.example(2))
     method = make_method(cfg.method)
     try:
         type(method).check(topology)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    tcfg = TrainConfig(loss=loss, **cfg.train.model_dump(exclude={"loss"}))
+    tcfg = TrainConfig(
+        loss=loss,
+        **{
+            k: getattr(t, k)
+            for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "seed")
+        },
+    )
+    epoch_batches = None
+    if t.augment:
+        from prunetune.datasets._augment import augment_batches
+
+        def epoch_batches(g: torch.Generator) -> Any:
+            return augment_batches(data.train_batches(tcfg.batch_size, g), t.augment, generator=g)
 
     def epoch_metrics() -> dict[str, float]:
         weights = {name: m.weight for name, m in method.masks().items()}
@@ -306,7 +400,7 @@ def run_trial(
         method,
         data,
         tcfg,
-        batches=lambda g: batches(data.x_train, data.y_train, tcfg.batch_size, generator=g),
+        batches=epoch_batches,
         report=report,
         epoch_metrics=epoch_metrics,
         topology=topology,
@@ -315,8 +409,8 @@ def run_trial(
     ex = export_compact(model, masks, topology=topology)
     dense = plain_copy(model, masks).cpu()
     ex.model.to(device)
-    val = evaluate(ex.model, data.x_val, data.y_val, loss=loss)
-    test = evaluate(ex.model, data.x_test, data.y_test, loss=loss)
+    val = evaluate_batches(ex.model, data.eval_batches("val"), loss=loss)
+    test = evaluate_batches(ex.model, data.eval_batches("test"), loss=loss)
     ex.model.cpu()
     metrics: dict[str, float | int] = {
         f"val_{metric}": val,
@@ -340,11 +434,30 @@ def run_trial(
         inputs={
             "shape": list(data.input_shape),
             "dtype": "float32",
-            "range": [0.0, 1.0],
+            # built-in data: raw pixels in [0, 1]; a factory's inputs: as it returns them
+            "range": [0.0, 1.0] if isinstance(cfg.dataset, str) else None,
             "mean": float(data.mean),
             "std": float(data.std),
+            "num_outputs": int(data.num_outputs),
         },
     )
+
+
+def _load(load_data: Callable[..., Any], cfg: TrialConfig, device: torch.device) -> Any:
+    """The trial's data on ``device``; a factory's failures as :class:`ConfigError`."""
+    from prunetune._factory import FactoryError, import_paths
+
+    dataset = cfg.dataset if isinstance(cfg.dataset, str) else cfg.dataset.model_dump()
+    try:
+        with import_paths(Path.cwd()):
+            return load_data(
+                dataset,
+                data_dir=cfg.data_dir,
+                device=str(device),
+                num_workers=cfg.train.num_workers,
+            )
+    except FactoryError as e:
+        raise ConfigError(str(e)) from None
 
 
 __all__ = [

@@ -317,6 +317,7 @@ def _legacy_inputs(model_dir: Path, rec: TrialRecord) -> dict[str, Any]:
         "range": [0.0, 1.0],
         "mean": float(data.mean),
         "std": float(data.std),
+        "num_outputs": int(data.num_outputs),
     }
 
 

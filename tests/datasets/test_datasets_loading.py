@@ -32,8 +32,9 @@ def _assert_splits_equal(a: Splits, b: Splits) -> None:
 
 
 def test_registry_names_and_info() -> None:
-    assert DATASETS == ("digits", "fashion-mnist", "mnist", "pathways-toy")
+    assert DATASETS == ("cifar10", "digits", "fashion-mnist", "mnist", "pathways-toy")
     expected = {
+        "cifar10": ((3, 32, 32), 10),
         "digits": ((1, 8, 8), 10),
         "fashion-mnist": ((1, 28, 28), 10),
         "mnist": ((1, 28, 28), 10),
@@ -50,8 +51,10 @@ def test_registry_names_and_info() -> None:
 
 @pytest.mark.parametrize("func", [dataset_info, load_dataset])
 def test_unknown_name(func: Callable[..., object]) -> None:
-    with pytest.raises(ValueError, match=r"'name' parameter.*one of \('digits'.*but got 'cifar10'"):
-        func("cifar10")
+    with pytest.raises(
+        ValueError, match=r"'name' parameter.*one of \('cifar10'.*but got 'cifar100'"
+    ):
+        func("cifar100")
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True, "0"])

@@ -34,7 +34,10 @@ TrackingUri = Annotated[
 
 def _fail(msg: str, code: int = EXIT_CONFIG) -> typer.Exit:
     """Print ``error: msg`` to stderr; return the ``typer.Exit`` for the caller to raise."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages quote user values such as [8, 4] or List[str], not rich markup
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

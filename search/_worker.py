@@ -11,12 +11,22 @@ from typing import Any
 REPORT_SECONDS = 1.0  # least interval between intermediate results sent to Tune
 
 
-def trainable(config: dict[str, Any], *, threads: int) -> None:
-    """Ray Tune function trainable: ``config`` holds ``trial_config`` and ``trial_number``."""
+def trainable(config: dict[str, Any], *, threads: int, paths: tuple[str, ...] = ()) -> None:
+    """Ray Tune function trainable: ``config`` holds ``trial_config`` and ``trial_number``;
+    ``paths`` (the spec's folder and the driver's working directory) join the import path, so
+    the study's factories resolve here as they did on the driver (folders this node lacks are
+    skipped: on a cluster, code travels with ``--runtime-env`` or is installed)."""
+    import os
+    import sys
+
     import ray
     from ray import tune
 
     from prunetune.search.trial import run_trial
+
+    for p in paths:
+        if p not in sys.path and os.path.isdir(p):
+            sys.path.append(p)
 
     t_start = time.time()
     number = int(config["trial_number"])

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prunetune._hparams import describe
+from prunetune._schema import ACTIVATIONS, FAMILIES, TRAIN
 from prunetune.search import cli_data, cli_explain, cli_tracking
 from prunetune.search._cli_common import EXIT_CONFIG, _fail, console
 from prunetune.search._errors import ConfigError
@@ -60,16 +62,59 @@ def _widths(text: str | None, field: str) -> list[int] | None:
         ) from None
 
 
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise _fail(f"{flag} must be KEY=VALUE, but got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+def _option_help(name: str) -> str:
+    """An option's help from the trial-config schema: what it is, its range, its default."""
+    p = TRAIN[name]
+    rng = describe({name: p})[0]["range"]
+    return f"{p.help}; {rng}"
+
+
 @app.command()
 def train(
     dataset: Annotated[
-        str, typer.Option(help="digits | fashion-mnist | mnist | pathways-toy")
+        str, typer.Option(help="digits | fashion-mnist | mnist | cifar10 | pathways-toy")
     ] = "digits",
-    data_dir: Annotated[Path | None, typer.Option(help="directory of IDX files")] = None,
-    model: Annotated[str, typer.Option(help="model family: mlp | lenet5 | cnn")] = "mlp",
+    data_dir: Annotated[Path | None, typer.Option(help="directory of the data set's files")] = None,
+    data_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="your data: 'package.module:callable' returning tensors or three Datasets "
+            "(replaces --dataset)"
+        ),
+    ] = None,
+    data_param: Annotated[
+        list[str] | None,
+        typer.Option("--data-param", help="data factory argument KEY=VALUE (repeatable)"),
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(min=1, help="classes of the factory's data (default: counted)")
+    ] = None,
+    model: Annotated[str, typer.Option(help="model family: " + " | ".join(FAMILIES))] = "mlp",
+    model_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="your model: 'package.module:callable' returning an nn.Module (replaces --model)"
+        ),
+    ] = None,
+    model_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-param", help="model factory argument KEY=VALUE (repeatable), e.g. width=16"
+        ),
+    ] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 300,100")] = None,
     channels: Annotated[str | None, typer.Option(help="conv channels, e.g. 6,16")] = None,
-    activation: Annotated[str, typer.Option(help="relu | silu | tanh | gelu")] = "relu",
+    activation: Annotated[str, typer.Option(help=" | ".join(ACTIVATIONS))] = "relu",
     method: Annotated[
         str, typer.Option(help="pruning method (see `prunetune methods`)")
     ] = "gumbel",
@@ -79,52 +124,79 @@ def train(
             "--opt", "-o", help="method hyperparameter KEY=VALUE (repeatable), e.g. -o lam=0.5"
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
-    batch_size: Annotated[
-        int | None, typer.Option(help="batch size (default 32 on digits, else 128)")
+    epochs: Annotated[int, typer.Option(help=_option_help("epochs"))] = TRAIN["epochs"].default,
+    batch_size: Annotated[int, typer.Option(help=_option_help("batch_size"))] = TRAIN[
+        "batch_size"
+    ].default,
+    lr: Annotated[float, typer.Option(help=_option_help("lr"))] = TRAIN["lr"].default,
+    optimizer: Annotated[str, typer.Option(help=_option_help("optimizer"))] = TRAIN[
+        "optimizer"
+    ].default,
+    weight_decay: Annotated[float, typer.Option(help=_option_help("weight_decay"))] = TRAIN[
+        "weight_decay"
+    ].default,
+    momentum: Annotated[float, typer.Option(help=_option_help("momentum"))] = TRAIN[
+        "momentum"
+    ].default,
+    loss: Annotated[str, typer.Option(help=_option_help("loss"))] = TRAIN["loss"].default,
+    augment: Annotated[
+        str | None, typer.Option(help=_option_help("augment") + ", comma-separated")
     ] = None,
-    lr: Annotated[float, typer.Option(help="weight learning rate")] = 2e-3,
-    optimizer: Annotated[str, typer.Option(help="adam | adamw | sgd")] = "adam",
-    loss: Annotated[
-        str, typer.Option(help="auto (cross_entropy / mse by task) | cross_entropy | mse | l1")
-    ] = "auto",
-    seed: Annotated[int, typer.Option(help="seed (weights, shuffling, mask noise)")] = 0,
+    num_workers: Annotated[int, typer.Option(help=_option_help("num_workers"))] = TRAIN[
+        "num_workers"
+    ].default,
+    seed: Annotated[int, typer.Option(help=_option_help("seed"))] = TRAIN["seed"].default,
     device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:N]")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="print one JSON object, nothing else")
     ] = False,
 ) -> None:
-    """Train and prune one configuration (no search); print accuracy and kept parameters."""
+    """Train and prune one configuration (no search); print accuracy and kept parameters.
+
+    A built-in family on a built-in data set, or your own model and data through factories:
+    `prunetune train --model-factory mypkg.nets:resnet --model-param width=16
+    --data-factory mypkg.data:load -o lam=1`.
+    """
     from prunetune.search.trial import parse_config, run_trial
 
-    method_cfg: dict[str, Any] = {"name": method}
-    for item in opt or []:
-        if "=" not in item:
-            raise _fail(f"--opt must be KEY=VALUE, but got {item!r}.")
-        k, v = item.split("=", 1)
-        method_cfg[k.strip()] = _parse_value(v)
-    model_cfg: dict[str, Any] = {"family": model, "activation": activation}
-    if (w := _widths(widths, "--widths")) is not None:
-        model_cfg["widths"] = w
-    elif model == "mlp":
-        model_cfg["widths"] = [64, 32] if dataset == "digits" else [300, 100]
-    elif model == "lenet5":
-        model_cfg["widths"] = [120, 84]
-    if (c := _widths(channels, "--channels")) is not None:
-        model_cfg["channels"] = c
+    method_cfg: dict[str, Any] = {"name": method, **_key_values(opt, "--opt")}
+    model_cfg: dict[str, Any]
+    if model_factory is not None:
+        model_cfg = {"factory": model_factory, "params": _key_values(model_param, "--model-param")}
+    else:
+        model_cfg = {"family": model, "activation": activation}
+        if (w := _widths(widths, "--widths")) is not None:
+            model_cfg["widths"] = w
+        elif model == "mlp":
+            model_cfg["widths"] = [64, 32] if dataset == "digits" else [300, 100]
+        elif model == "lenet5":
+            model_cfg["widths"] = [120, 84]
+        if (c := _widths(channels, "--channels")) is not None:
+            model_cfg["channels"] = c
+    data_cfg: Any = dataset
+    if data_factory is not None:
+        data_cfg = {
+            "factory": data_factory,
+            "params": _key_values(data_param, "--data-param"),
+            "num_classes": num_classes,
+        }
     raw = {
-        "dataset": dataset,
+        "dataset": data_cfg,
         "data_dir": str(data_dir) if data_dir else None,
         "model": model_cfg,
         "method": method_cfg,
         "train": {
             "epochs": epochs,
-            "batch_size": batch_size or (32 if dataset == "digits" else 128),
+            "batch_size": batch_size,
             "lr": lr,
             "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
             "seed": seed,
             "loss": loss,
+            "augment": [a.strip() for a in augment.split(",") if a.strip()] if augment else [],
+            "num_workers": num_workers,
         },
         "device": device,
         "threads": threads,
@@ -149,7 +221,9 @@ def train(
 
     try:
         out = run_trial(cfg, report)
-    except (FileNotFoundError, ConfigError, ValueError) as e:
+    except ConfigError as e:  # a factory that does not resolve, raises or returns garbage
+        raise _fail(str(e)) from None
+    except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e), 1) from None
     m = out.metrics
     if as_json:
@@ -213,6 +287,14 @@ def search(
         bool | None,
         typer.Option("--register/--no-register", help="register the selected models at the end"),
     ] = None,
+    runtime_env: Annotated[
+        Path | None,
+        typer.Option(
+            "--runtime-env",
+            help="a Ray runtime_env YAML (working_dir, py_modules, pip, env_vars) that ships "
+            "your factories' code to the workers of a cluster",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no live progress view")] = False,
 ) -> None:
     """Run (or continue) a pruning search study until n_trials trials are complete.
@@ -230,7 +312,9 @@ def search(
             raise ConfigError(
                 f"--storage must be a URL such as sqlite:///optuna.db, but got {storage!r}."
             )
-        _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
+        if isinstance(vspec.spec.dataset, str):
+            _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
+        env = _runtime_env(runtime_env) if runtime_env is not None else None
     except ConfigError as e:
         raise _fail(str(e)) from None
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -245,6 +329,7 @@ def search(
         register=register,
         progress=not quiet,
         storage_path=storage_path,
+        runtime_env=env,
     )
     try:
         outcome = run_study(vspec, opts)
@@ -254,6 +339,44 @@ def search(
         _print_outcome(e.outcome)
         raise _fail(str(e), 1) from None
     _print_outcome(outcome)
+
+
+def _runtime_env(path: Path) -> dict[str, Any]:
+    """A Ray runtime_env from a YAML file, checked before anything starts."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"--runtime-env {str(path)!r}: no such file (a Ray runtime_env YAML).")
+    try:
+        env = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--runtime-env {str(path)!r}: not valid YAML: {e}") from None
+    if not isinstance(env, dict):
+        raise ConfigError(
+            f"--runtime-env {str(path)!r}: must be a mapping such as "
+            f"{{working_dir: ., pip: [mypkg]}}, got {type(env).__name__}."
+        )
+    for key in ("working_dir",):
+        v = env.get(key)
+        if isinstance(v, str) and "://" not in v and not Path(v).expanduser().exists():
+            raise ConfigError(f"--runtime-env {str(path)!r}: {key} {v!r} does not exist.")
+    for i, v in enumerate(env.get("py_modules") or []):
+        if isinstance(v, str) and "://" not in v and not Path(v).expanduser().exists():
+            raise ConfigError(f"--runtime-env {str(path)!r}: py_modules[{i}] {v!r} does not exist.")
+    from ray.runtime_env import RuntimeEnv
+
+    known = sorted(k for k in RuntimeEnv.known_fields if not k.startswith("_"))
+    for key in env:
+        if key not in RuntimeEnv.known_fields:
+            raise ConfigError(
+                f"--runtime-env {str(path)!r}: {key!r} is not a runtime_env field; Ray knows "
+                f"{known}."
+            )
+    try:
+        RuntimeEnv(**env)
+    except Exception as e:
+        raise ConfigError(f"--runtime-env {str(path)!r}: {type(e).__name__}: {e}") from None
+    return env
 
 
 def _preflight_data(dataset: str, data_dir: str | None) -> None:
@@ -309,7 +432,6 @@ def _print_outcome(outcome: Any) -> None:
 def methods() -> None:
     """List the pruning methods and their hyperparameters (ranges and defaults)."""
     from prunetune.prune import METHODS
-    from prunetune.prune._hparams import describe
 
     out = Console()
     for name, cls in sorted(METHODS.items()):

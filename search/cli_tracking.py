@@ -199,7 +199,7 @@ def fetch(
 
     if onnx and (missing := [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]):
         # \[ : a literal bracket for rich, which would read [onnx] as markup
-        raise _fail(f"--onnx needs {', '.join(missing)}: pip install 'prunetune\\[onnx]'")
+        raise _fail(f"--onnx needs {', '.join(missing)}: pip install 'prunetune[onnx]'")
     turi = _uri(tracking_uri)
     try:
         got = fetch_to(uri, out, tracking_uri=turi)
@@ -234,8 +234,9 @@ def fetch(
 
 
 def _verify(got: Any) -> None:
-    from prunetune.datasets import load_dataset
-    from prunetune.prune import evaluate
+    from prunetune._factory import FactoryError, import_paths
+    from prunetune.datasets import load_data
+    from prunetune.prune import evaluate_batches
     from prunetune.prune.export import count_params
 
     card = got.card
@@ -243,13 +244,16 @@ def _verify(got: Any) -> None:
     if not dataset:
         raise _fail("cannot verify: the model card names no dataset.", 1)
     try:
-        data = load_dataset(dataset, data_dir=card.get("data_dir"))
-    except (FileNotFoundError, ValueError) as e:
+        with import_paths(Path.cwd()):  # a data factory: the user's code, from here
+            data = load_data(dataset, data_dir=card.get("data_dir"))
+    except (FileNotFoundError, ValueError, FactoryError) as e:
         raise _fail(f"cannot verify: {e}", 1) from None
-    x = data.x_test  # standardised, as the trial evaluated it
-    if got.arch is None:  # model.pt2 takes raw inputs: undo the data set's standardisation
-        x = x * got.inputs["std"] + got.inputs["mean"]
-    acc = evaluate(got.model, x, data.y_test)
+    raw = got.arch is None  # model.pt2 takes raw inputs: undo the data set's standardisation
+    mean, std = got.inputs.get("mean", 0.0), got.inputs.get("std", 1.0)
+    batches = (
+        (x * std + mean if raw else x, y) for x, y in data.eval_batches("test")
+    )  # standardised, as the trial evaluated it
+    acc = evaluate_batches(got.model, batches)
     recorded = float(card["metrics"]["test_accuracy"])
     nz = count_params(got.model)
     recorded_params = int(card["metrics"]["params"])
@@ -261,7 +265,7 @@ def _verify(got: Any) -> None:
             1,
         )
     console.print(
-        f"verified: test accuracy {acc:.6f} on {len(data.y_test):,} {dataset} test samples "
+        f"verified: test accuracy {acc:.6f} on {data.sizes['test']:,} {data.name} test samples "
         f"and {nz:,} nonzero parameters, both equal to the record.",
         highlight=False,
     )

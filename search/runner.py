@@ -45,6 +45,9 @@ class RunOptions:
         progress: show the live view.
         storage_path: Tune's storage for trial checkpoints (a shared path or a bucket on a
             cluster); default ``<workdir>/ray_results``.
+        runtime_env: a Ray ``runtime_env`` (``working_dir``, ``py_modules``, ``pip``,
+            ``env_vars``…) for the workers, e.g. to ship a user's factories to a cluster;
+            passed to ``ray.init`` when this driver starts or joins Ray.
     """
 
     workdir: Path = field(default_factory=Path.cwd)
@@ -57,6 +60,7 @@ class RunOptions:
     register: bool | None = None
     progress: bool = True
     storage_path: str | None = None
+    runtime_env: dict[str, Any] | None = None
 
 
 @dataclass
@@ -201,8 +205,15 @@ def _error_summary(trial: Any) -> str:
     return (found or [ln for ln in lines if ln.strip()] or ["unknown error"])[-1].strip()[:500]
 
 
-def _ray_init(address: str | None) -> None:
-    """Start (or join) Ray unless whoever runs the study already did."""
+def _ray_init(
+    address: str | None, runtime_env: dict[str, Any] | None = None, paths: tuple[str, ...] = ()
+) -> None:
+    """Start (or join) Ray unless whoever runs the study already did.
+
+    Workers get the data locations of the driver's environment and ``PYTHONPATH`` with
+    ``paths`` (the spec's folder and the working directory, where factories live) after the
+    driver's own; ``runtime_env`` (a user's ``--runtime-env``) adds to that, its ``env_vars``
+    winning over these (its ``PYTHONPATH`` goes first)."""
     import ray
 
     # Tune's own CSV/JSON/TensorBoard loggers and console tables would spend the driver's CPU,
@@ -213,6 +224,14 @@ def _ray_init(address: str | None) -> None:
         return
     # Workers read data locations from the driver's environment, not from their own.
     env = {k: os.environ[k] for k in ("PRUNETUNE_DATA", "PRUNETUNE_CACHE") if k in os.environ}
+    pythonpath = [*paths, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    user = dict(runtime_env or {})
+    user_env = dict(user.pop("env_vars", None) or {})
+    if "PYTHONPATH" in user_env:
+        pythonpath = [user_env.pop("PYTHONPATH"), *pythonpath]
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+    env.update(user_env)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(
         address=address,
@@ -220,7 +239,7 @@ def _ray_init(address: str | None) -> None:
         log_to_driver=False,
         logging_level=logging.ERROR,
         configure_logging=True,
-        runtime_env={"env_vars": env} if env else None,
+        runtime_env={**user, "env_vars": env} if env or user else None,
     )
 
 
@@ -284,7 +303,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     status = "FAILED"
     try:
         if complete < n_trials:
-            _ray_init(opts.ray_address)
+            _ray_init(opts.ray_address, opts.runtime_env, tuple(vspec.import_paths))
             searcher = searcher_class()(
                 space=partial(_define_by_run, vspec=vspec),
                 metric=[spec.metric, "params"],
@@ -302,7 +321,11 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
             res = spec.search.resources
             tuner = tune.Tuner(
                 tune.with_resources(
-                    tune.with_parameters(trainable, threads=max(1, int(res.cpu))),
+                    tune.with_parameters(
+                        trainable,
+                        threads=max(1, int(res.cpu)),
+                        paths=tuple(vspec.import_paths),
+                    ),
                     {"cpu": res.cpu, "gpu": res.gpu},
                 ),
                 tune_config=tune.TuneConfig(

@@ -35,6 +35,13 @@ from prunetune.search._mlflow import resolve_tracking_uri
 log = logging.getLogger("prunetune.tracking")
 
 
+def _dataset_label(d: Any) -> str:
+    """A built-in's name, or a data factory's name (default: its import path)."""
+    if isinstance(d, Mapping):
+        return str(d.get("name") or d.get("factory") or "")
+    return str(d)
+
+
 class StudyMirror:
     """Driver side: mirrors the Optuna study ``study_name`` into MLflow.
 
@@ -235,7 +242,7 @@ class StudyMirror:
             M.TAG_ROLE: "trial",
             M.TAG_TRIAL: str(number),
             "method": str((config.get("method") or {}).get("name", "")),
-            "dataset": str(config.get("dataset", "")),
+            "dataset": _dataset_label(config.get("dataset", "")),
         }
         run = self._c.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number:04d}")
         self.runs[number], self._steps[number] = run.info.run_id, 0
@@ -301,11 +308,17 @@ class StudyMirror:
         reference = {"hypervolume_reference": json.dumps(list(front.reference))}
         M.log_batch(c, self.parent_run_id, metrics=metrics, step=front.finished, tags=reference)
         if final and self.explain:  # each run of a final (or tail) front once
+            from prunetune.explain import UnsupportedModelError
             from prunetune.search.explain import log_explanations
 
             for run_id in sorted(on - self._explained):
+                # the record may tell a trial before its run's files are mirrored: next time
+                if c.get_run(run_id).info.status != "FINISHED":
+                    continue
                 try:
                     log_explanations(run_id, self.tracking_uri)
+                except UnsupportedModelError as e:  # a graph, not a chain: no figures, no alarm
+                    log.info("no explanations for run %s: %s", run_id, e)
                 except Exception as e:  # figures are a bonus; never fail the study for them
                     log.warning("explaining run %s failed: %s", run_id, e)
                 self._explained.add(run_id)

@@ -28,7 +28,7 @@ def card_json(
         "run_id": rec.run_id,
         "study_run_id": parent.info.run_id,
         "method": rec.method,
-        "dataset": rec.params.get("dataset"),
+        "dataset": _dataset(rec.params),
         "data_dir": parse_param(rec.params.get("data_dir")),
         "metrics": {k: v for k, v in rec.metrics.items() if not k.startswith("layer.")},
         "per_layer": layers,
@@ -38,6 +38,22 @@ def card_json(
     if inputs is not None:
         card["input"] = dict(inputs)
     return card
+
+
+def _dataset(params: Mapping[str, Any]) -> Any:
+    """A built-in data set's name, or a data factory as the trial config gave it
+    (``{"factory", "params", "num_classes", "name"}``, from the run's flattened params)."""
+    if params.get("dataset"):
+        return params["dataset"]
+    if "dataset.factory" not in params:
+        return None
+    d: dict[str, Any] = {"params": {}}
+    for k, v in params.items():
+        if k.startswith("dataset.params."):
+            d["params"][k[len("dataset.params.") :]] = parse_param(v)
+        elif k.startswith("dataset."):
+            d[k[len("dataset.") :]] = parse_param(v)
+    return d
 
 
 def fmt_int(s: str | None) -> str:

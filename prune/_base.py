@@ -136,6 +136,13 @@ class PruningMethod(ABC):
         """Scalars worth logging per epoch (temperature, penalty, ...)."""
         return {}
 
+    def budget_count(self, now: int) -> int:
+        """The kept parameters this method will reach, given ``now`` (the count of its current
+        masks): a method that prunes late to a fixed budget answers its budget's count, so an
+        early-stopping rung does not compare it as dense. Default: ``now`` (masks that are
+        learned, such as Gumbel's, are what they are)."""
+        return now
+
 
 METHODS: dict[str, type[PruningMethod]] = {}
 

@@ -99,6 +99,22 @@ class NeuronPruning(PruningMethod):
     def remove(self, targets: list[int]) -> None:
         if not self.groups:
             return
+        keep = self._choose(targets)
+        self.alive = keep
+        self._channels.set(keep)
+
+    def budget_count(self, now: int) -> int:
+        """The count after the last removal, if it happened now (the current scores choose)."""
+        if not self.groups or self._done >= len(self.event_steps):
+            return now
+        keep = self._choose(self.final.tolist())
+        masks = channel_layer_masks(self.ctx.topology, keep.float())
+        return min(
+            now, self.ctx.topology.count(self.model, {n: m.weight for n, m in masks.items()})
+        )
+
+    def _choose(self, targets: list[int]) -> torch.Tensor:
+        """The channels kept when each group keeps ``targets`` of its alive ones."""
         scores = self.neuron_scores().double().to(self.alive.device)
         spans = [(g.offset, g.offset + g.size) for g in self.groups]
         keep = torch.zeros_like(self.alive)
@@ -111,8 +127,7 @@ class NeuronPruning(PruningMethod):
             for a, b in spans:  # every group keeps its best alive unit
                 s[a + int(torch.argmax(s[a:b]))] = float("inf")
             keep = _top(s, self.alive, sum(targets))
-        self.alive = keep
-        self._channels.set(keep)
+        return keep
 
     # -- masks --------------------------------------------------------------------------------
     def masks(self) -> dict[str, Mask]:

@@ -189,6 +189,14 @@ class ScoredMasks(PruningMethod):
         masks = masks_at_density(self.ctx.topology, self.model, scores, density, scope, **kw)
         self.set_masks(masks)
 
+    def budget_count(self, now: int) -> int:
+        """At most ``density`` of the dense count (:func:`masks_at_density` keeps as many
+        weights as fit under it), for methods with a ``density`` budget."""
+        density = self.config.get("density")
+        if density is None:
+            return now
+        return min(now, int(density * self.ctx.topology.dense))
+
     def stats(self) -> dict[str, float]:
         kept = sum(int(m.sum()) for m in self.current().values())
         total = sum(m.numel() for m in self.current().values())

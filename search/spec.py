@@ -467,6 +467,16 @@ def _validate_model_factory(spec: StudySpec) -> dict[str, Dim]:
     return dims
 
 
+def _validate_augment(spec: StudySpec) -> None:
+    """Crops and flips need image batches."""
+    shape = tuple(data_info(spec).input_shape)
+    if spec.train.augment and len(shape) != 3:
+        raise ConfigError(
+            f"train.augment: {list(spec.train.augment)} needs image inputs (C, H, W), but "
+            f"dataset {spec.dataset_label!r} has input shape {shape}"
+        )
+
+
 def _validate_family(spec: StudySpec) -> None:
     """A built-in family fits the data's shape."""
     if not isinstance(spec.model, ModelSpace):
@@ -599,6 +609,7 @@ class ValidatedSpec:
         self.model_dims = _validate_model_factory(spec)
         _validate_objectives(spec)
         _validate_family(spec)
+        _validate_augment(spec)
         model = _check_one_batch(spec)
         _validate_methods_fit_model(spec, model)
 

@@ -390,8 +390,13 @@ def run_trial(
 
     def epoch_metrics() -> dict[str, float]:
         weights = {name: m.weight for name, m in method.masks().items()}
-        params = topology.count(model, weights)
-        return {"density": params / topology.dense, "params": float(params)}
+        now = topology.count(model, weights)
+        # what an early-stopping rung compares: a late pruner's budget, not its dense start
+        params = method.budget_count(now)
+        row = {"density": params / topology.dense, "params": float(params)}
+        if params != now:
+            row["params_current"] = float(now)
+        return row
 
     t0 = time.perf_counter()
     start_cpu = time.process_time()  # the process's CPU before its first training step

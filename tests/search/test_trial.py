@@ -59,3 +59,23 @@ def test_train_cli_takes_the_loss():
     assert "val_loss" in out and "val_accuracy" not in out
     bad = CliRunner().invoke(app, ["train", "--loss", "mse", "--epochs", "1"])
     assert bad.exit_code == 2 and "train.loss 'mse' does not fit dataset 'digits'" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("method", "budget"),
+    [({"name": "magnitude", "density": 0.1, "prune_at": 0.9}, 657),
+     ({"name": "magnitude_neuron", "neurons": 0.3, "prune_start": 0.9, "prune_end": 0.9}, None)],
+)  # fmt: skip
+def test_late_pruners_report_their_budget_every_epoch(method, budget):
+    """What an early-stopping rung compares: the count the budget will reach, not dense."""
+    out = run_trial(
+        {"dataset": "digits", "model": {"widths": [64, 32]}, "method": method,
+         "train": {"epochs": 2, "batch_size": 64}}
+    )  # fmt: skip
+    first = out.history[0]
+    dense = out.metrics["params_dense"]
+    assert first["params_current"] == dense  # nothing pruned yet after epoch 1
+    assert first["params"] < dense
+    if budget is not None:  # floor(0.1 · 6,570); the prune keeps as many weights as fit under it
+        assert first["params"] == budget
+        assert budget - 10 <= out.metrics["params"] <= budget

@@ -17,6 +17,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from prunetune.search._errors import ConfigError
 from prunetune.search.cli import app
 from prunetune.search.spec import parse_spec
 
@@ -104,7 +105,9 @@ def user_dir(tmp_path_factory):
     """A user's folder: their code (module ``ptfx_user``) and, later, their spec files."""
     d = tmp_path_factory.mktemp("user")
     (d / "ptfx_user.py").write_text(USER_CODE)
-    return d
+    sys.path.append(str(d))  # a trial run alone: as if the user ran it from there
+    yield d
+    sys.path.remove(str(d))
 
 
 def _spec(**over):
@@ -262,6 +265,20 @@ def test_tensors_and_datasets_train_the_same_model_on_the_same_data(user_dir):
         assert out.inputs["range"] is None  # a factory's inputs are what it returns
     assert loader.metrics["val_accuracy"] == again.metrics["val_accuracy"]  # seeded loader
     assert loader.history == again.history
+
+
+def test_augmentation_changes_training_and_needs_images(user_dir):
+    net = {"factory": "ptfx_user:net", "params": {"width": 4, "num_classes": 4}}
+    data = {"factory": "ptfx_user:images", "params": {"n": 128}}
+    plain = _trial(data, net)
+    crop_flip = _trial(data, net, augment=["crop", "flip"])
+    again = _trial(data, net, augment=["crop", "flip"])
+    assert crop_flip.history == again.history  # seeded
+    assert crop_flip.history[0]["loss"] != plain.history[0]["loss"]
+    bad = _spec(**{"train.augment": ["flip"], "dataset": {"factory": "ptfx_user:table"}})
+    bad["model"] = {"factory": "ptfx_user:regressor"}
+    with pytest.raises(ConfigError, match=r"train\.augment: \['flip'\] needs image inputs"):
+        parse_spec(bad, "fx.yaml", user_dir)
 
 
 def test_a_regression_factory_is_a_val_loss_trial(user_dir):

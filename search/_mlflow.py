@@ -26,6 +26,7 @@ TAG_ROLE = "prunetune.role"  # "study" on the parent run, "trial" on each child 
 TAG_TRIAL = "prunetune.trial"
 TAG_FAILURE = "prunetune.failure"
 TAG_PARETO = "pareto"
+TAG_STOPPED = "stopped_at_epoch"  # an early-stopping rung stopped the trial after this epoch
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's (mlflow.utils.validation)
 
 

@@ -27,6 +27,9 @@ ATTR_RESULT = "result"  # the trial's final metrics (test metrics, dense count, 
 ATTR_CONFIG = "config"  # the full trial config the worker ran
 ATTR_CHECKPOINT = "checkpoint"  # where Tune stored the trial's weights and masks
 ATTR_REFERENCE = "hv_reference"  # [metric, params] fixed when the study starts
+ATTR_CURVE = "curve"  # [[epoch, metric, params], ...] reported so far (studies with a scheduler)
+ATTR_STOPPED = "stopped_at_epoch"  # a PRUNED trial: the epoch its rung stopped it after
+ATTR_LAST = "last_values"  # a PRUNED trial: its metric and params at that epoch
 
 
 def resolve_storage(url: str | None, workdir: Any) -> str:
@@ -121,10 +124,20 @@ def searcher_class() -> type:
         trials and tells each result with its metrics and checkpoint, retried until stored."""
 
         def __init__(
-            self, *a: Any, n_trials: int, checkpoints: dict[str, str], session: str, **kw: Any
+            self,
+            *a: Any,
+            n_trials: int,
+            checkpoints: dict[str, str],
+            session: str,
+            stopped: dict[str, int] | None = None,
+            deadline: float | None = None,
+            **kw: Any,
         ):
             super().__init__(*a, **kw)
             self.n_trials, self.checkpoints, self.session = n_trials, checkpoints, session
+            # trials an early-stopping scheduler stopped (Tune id → epoch), None without one
+            self.stopped, self.deadline = stopped, deadline
+            self._curves: dict[str, list[list[Any]]] = {}
             self._ot_study.set_user_attr(f"{ATTR_DRIVER}:{session}", time.time())
             self._quota_at, self._quota_full = 0.0, False
             self._beat_stop = threading.Event()
@@ -143,9 +156,11 @@ def searcher_class() -> type:
             if self._quota_full and now - self._quota_at < 1.0:
                 return None
             states = [t.state.name for t in self._ot_study.get_trials(False)]
-            complete, running = states.count("COMPLETE"), states.count("RUNNING")
-            if complete >= self.n_trials:
-                return Searcher.FINISHED
+            complete, running = finished(states), states.count("RUNNING")
+            if complete >= self.n_trials or (
+                self.deadline is not None and time.time() >= self.deadline
+            ):
+                return Searcher.FINISHED  # running trials finish; none starts
             self._quota_full, self._quota_at = complete + running >= self.n_trials, now
             if self._quota_full:  # wait: a running trial may still fail and need replacing
                 return None
@@ -167,12 +182,48 @@ def searcher_class() -> type:
                 except Exception as e:  # a busy store: beat again next interval
                     log.warning("recording heartbeats failed: %s", e)
 
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            """With a scheduler: the trial's curve so far, for rungs rebuilt on resume."""
+            rows = result.get("epoch_rows") or []
+            if self.stopped is None or not rows or trial_id not in self._ot_trials:
+                return
+            t = self._ot_trials[trial_id]
+            curve = self._curves.setdefault(trial_id, [])
+            metric = self.metric[0]
+            curve += [[int(r["epoch"]), r.get(metric), r.get("params")] for r in rows]
+            _retry(lambda: t.set_user_attr(ATTR_CURVE, curve), f"recording trial {t.number}")
+
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
         ) -> None:
             if trial_id in self._completed_trials:
                 return
             t = self._ot_trials[trial_id]
+            if self.stopped is not None and trial_id in self.stopped and not error:
+                # stopped by a rung: under-trained, so never COMPLETE (nor a failure)
+                epoch = self.stopped[trial_id]
+                last = {m: (result or {}).get(m) for m in self.metric}
+                # Tune hands the stopping result to the scheduler, not to on_trial_result
+                curve = self._curves.setdefault(trial_id, [])
+                rows = (result or {}).get("epoch_rows") or []
+                curve += [
+                    [int(r["epoch"]), r.get(self.metric[0]), r.get("params")]
+                    for r in rows
+                    if int(r["epoch"]) <= epoch
+                ]
+
+                def prune() -> None:
+                    t.set_user_attr(ATTR_CURVE, curve)
+                    t.set_user_attr(ATTR_STOPPED, epoch)
+                    t.set_user_attr(ATTR_LAST, json.loads(json.dumps(last, default=float)))
+                    try:
+                        self._ot_study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        log.warning("trial %d was failed meanwhile (stale heartbeat)", t.number)
+
+                _retry(prune, f"telling trial {t.number} PRUNED")
+                self._completed_trials.add(trial_id)
+                return
             vals = None if not result else [result.get(m) for m in self.metric]
             ok = not error and vals is not None and all(_finite(v) for v in vals)
             state = optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL
@@ -194,6 +245,31 @@ def searcher_class() -> type:
             self._beat_stop.set()
 
     return StudySearch
+
+
+def finished(states: list[str]) -> int:
+    """Trials that count towards ``n_trials``: COMPLETE, and PRUNED (stopped by a rung)."""
+    return states.count("COMPLETE") + states.count("PRUNED")
+
+
+def rung_history(
+    study: Any, metric: str
+) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], dict[tuple[str, int], int]]:
+    """The curves of the finished and pruned trials (``{("trial", number): epoch rows}``, in
+    trial order) and the epochs the pruned ones were stopped after: what a scheduler's rungs
+    are rebuilt from when a study resumes."""
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    stopped: dict[tuple[str, int], int] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state.name not in ("COMPLETE", "PRUNED") or ATTR_CURVE not in t.user_attrs:
+            continue
+        key = ("trial", t.number)
+        rows[key] = [
+            {"epoch": int(e), metric: m, "params": p} for e, m, p in t.user_attrs[ATTR_CURVE]
+        ]
+        if t.state.name == "PRUNED" and ATTR_STOPPED in t.user_attrs:
+            stopped[key] = int(t.user_attrs[ATTR_STOPPED])
+    return rows, stopped
 
 
 def _retry(fn: Any, what: str, seconds: float = 300.0) -> None:
@@ -227,4 +303,11 @@ def final_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=float))
 
 
-__all__ = ["open_storage", "prepare_study", "resolve_storage", "searcher_class"]
+__all__ = [
+    "finished",
+    "open_storage",
+    "prepare_study",
+    "resolve_storage",
+    "rung_history",
+    "searcher_class",
+]

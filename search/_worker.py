@@ -11,11 +11,18 @@ from typing import Any
 REPORT_SECONDS = 1.0  # least interval between intermediate results sent to Tune
 
 
-def trainable(config: dict[str, Any], *, threads: int, paths: tuple[str, ...] = ()) -> None:
+def trainable(
+    config: dict[str, Any],
+    *,
+    threads: int,
+    paths: tuple[str, ...] = (),
+    flush_epochs: tuple[int, ...] = (),
+) -> None:
     """Ray Tune function trainable: ``config`` holds ``trial_config`` and ``trial_number``;
     ``paths`` (the spec's folder and the driver's working directory) join the import path, so
     the study's factories resolve here as they did on the driver (folders this node lacks are
-    skipped: on a cluster, code travels with ``--runtime-env`` or is installed)."""
+    skipped: on a cluster, code travels with ``--runtime-env`` or is installed). Epochs in
+    ``flush_epochs`` (an early-stopping scheduler's rungs) are reported at once."""
     import os
     import sys
 
@@ -39,7 +46,8 @@ def trainable(config: dict[str, Any], *, threads: int, paths: tuple[str, ...] = 
         rows.append(row)
         # Each report is a round trip through the driver's event loop, which shares the cores
         # with the trials: epochs travel in batches, at most every REPORT_SECONDS.
-        if (now := time.monotonic()) - last[0] >= REPORT_SECONDS:
+        now = time.monotonic()
+        if now - last[0] >= REPORT_SECONDS or int(row.get("epoch", 0)) in flush_epochs:
             last[0] = now
             tune.report({**row, "trial_number": number, "epoch_rows": rows[:]})
             rows.clear()

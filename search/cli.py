@@ -287,6 +287,13 @@ def search(
         bool | None,
         typer.Option("--register/--no-register", help="register the selected models at the end"),
     ] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="no new trial after this wall time (seconds, or 10m / 2h); running trials "
+            "finish (overrides search.time_budget)"
+        ),
+    ] = None,
     runtime_env: Annotated[
         Path | None,
         typer.Option(
@@ -315,6 +322,7 @@ def search(
         if isinstance(vspec.spec.dataset, str):
             _preflight_data(vspec.spec.dataset, vspec.spec.data_dir)
         env = _runtime_env(runtime_env) if runtime_env is not None else None
+        budget = _budget(time_budget) if time_budget is not None else None
     except ConfigError as e:
         raise _fail(str(e)) from None
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -330,6 +338,7 @@ def search(
         progress=not quiet,
         storage_path=storage_path,
         runtime_env=env,
+        time_budget=budget,
     )
     try:
         outcome = run_study(vspec, opts)
@@ -339,6 +348,18 @@ def search(
         _print_outcome(e.outcome)
         raise _fail(str(e), 1) from None
     _print_outcome(outcome)
+
+
+def _budget(text: str) -> float:
+    from prunetune.search.spec import _seconds
+
+    try:
+        value = float(_seconds(text))
+    except ValueError as e:
+        raise ConfigError(f"--time-budget {e}") from None
+    if not value > 0:
+        raise ConfigError(f"--time-budget must be > 0, got {text!r}")
+    return value
 
 
 def _runtime_env(path: Path) -> dict[str, Any]:
@@ -392,7 +413,9 @@ def _preflight_data(dataset: str, data_dir: str | None) -> None:
 def _print_outcome(outcome: Any) -> None:
     out = Console()
     table = Table(
-        title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, {outcome.failed} failed)"
+        title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, "
+        + (f"{outcome.stopped} stopped early, " if outcome.stopped else "")
+        + f"{outcome.failed} failed)"
     )
     metric = "val_loss" if outcome.front and "val_loss" in outcome.front[0] else "val_accuracy"
     for col in ("trial", "method", "params", metric):

@@ -48,6 +48,7 @@ class RunOptions:
         runtime_env: a Ray ``runtime_env`` (``working_dir``, ``py_modules``, ``pip``,
             ``env_vars``…) for the workers, e.g. to ship a user's factories to a cluster;
             passed to ``ray.init`` when this driver starts or joins Ray.
+        time_budget: seconds after which no new trial starts (overrides the spec's).
     """
 
     workdir: Path = field(default_factory=Path.cwd)
@@ -61,6 +62,7 @@ class RunOptions:
     progress: bool = True
     storage_path: str | None = None
     runtime_env: dict[str, Any] | None = None
+    time_budget: float | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class StudyOutcome:
     wall_seconds: float = 0.0
     overheads: list[float] = field(default_factory=list)  # per trial: driver time − training
     results: list[dict[str, Any]] = field(default_factory=list)  # final Tune results of this run
+    stopped: int = 0  # trials of this run an early-stopping rung stopped (PRUNED in the record)
 
 
 class StudyFailed(RuntimeError):
@@ -88,7 +91,9 @@ class StudyFailed(RuntimeError):
 
 
 # -- the driver: one Tune callback feeds the live view and the MLflow mirror -------------------
-def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> Any:
+def _driver(
+    total: int, already: int, spec: Any, mirror: Any, lines: bool, stopped: dict[str, int]
+) -> Any:
     """The driver's Tune callback and stopper: counts, timings and the live view of its trials,
     the mirror's events and each trial's checkpoint for the searcher. Tune pickles its run
     config; the state lives in this process only (pickling drops it), never in closures."""
@@ -96,8 +101,18 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
     from ray.tune.stopper import Stopper
 
     class Driver(Callback, Stopper):
-        def __init__(self, total: int, already: int, spec: Any, mirror: Any, lines: bool) -> None:
+        def __init__(
+            self,
+            total: int,
+            already: int,
+            spec: Any,
+            mirror: Any,
+            lines: bool,
+            stopped: dict[str, int],
+        ) -> None:
             self.total, self.already, self.metric = total, already, spec.metric
+            self.stopped = stopped  # the scheduler's: Tune trial id → epoch it stopped after
+            self.stopped_here: list[int] = []  # trial numbers this driver saw stopped
             self.max_failures, self.mirror, self.lines = spec.search.max_failures, mirror, lines
             self.t0 = time.time()
             self.running: dict[str, float] = {}
@@ -125,6 +140,19 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result or {}
+            if not r.get("final") and trial.trial_id in self.stopped:
+                self.running.pop(trial.trial_id, None)
+                epoch = self.stopped[trial.trial_id]
+                self.stopped_here.append(_number(trial))
+                if self.lines:
+                    print(
+                        f"[prunetune] trial {_number(trial)} stopped after epoch {epoch}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if self.mirror:
+                    self.mirror.trial_stopped(_number(trial), epoch)
+                return None
             if not r.get("final"):
                 return self.on_trial_error(iteration, trials, trial, why="no final result")
             start = self.running.pop(trial.trial_id, time.time())
@@ -157,15 +185,18 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
 
             done = list(self.done)
             pts = [(to_score(self.metric, r[self.metric]), r["params"]) for r in done]
-            elapsed, left = time.time() - self.t0, self.total - self.already - len(done)
+            elapsed = time.time() - self.t0
+            ended = len(done) + len(self.stopped_here)
+            left = self.total - self.already - ended
             t = Table.grid(padding=(0, 2))
             t.add_row(
-                f"[bold]trials[/] {self.already + len(done)}/{self.total} done",
+                f"[bold]trials[/] {self.already + ended}/{self.total} done",
                 f"{len(self.running)} running",
+                f"{len(self.stopped_here)} stopped early",
                 f"[red]{len(self.failures)} failed[/]" if self.failures else "0 failed",
                 f"front: {len(pareto_front(pts))}",
                 f"{elapsed:,.0f}s elapsed"
-                + (f", ~{elapsed / len(done) * left:,.0f}s left" if done and left > 0 else ""),
+                + (f", ~{elapsed / ended * left:,.0f}s left" if ended and left > 0 else ""),
             )
             if dense := max((r.get("params_dense", 0) for r in done), default=0):
                 best = best_under_budgets(pts, [dense * f for f in (0.01, 0.05, 0.25, 1.0)])
@@ -184,7 +215,7 @@ def _driver(total: int, already: int, spec: Any, mirror: Any, lines: bool) -> An
             broken = self.mirror is not None and self.mirror.error is not None
             return broken or len(self.failures) > self.max_failures
 
-    return Driver(total, already, spec, mirror, lines)
+    return Driver(total, already, spec, mirror, lines, stopped)
 
 
 def _fmt(metric: str, score: float | None) -> str:
@@ -275,7 +306,11 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
 
     rdb = open_storage(storage, spec.search.heartbeat_grace)
     study, study_name = prepare_study(vspec, rdb, opts.fresh)
-    complete = _count(study, "COMPLETE")
+    complete = _finished(study)
+    budget = opts.time_budget or spec.search.time_budget
+    deadline = t0 + budget if budget else None
+    scheduler = _scheduler(vspec, study)
+    stopped: dict[str, int] = scheduler.stopped if scheduler is not None else {}
     session = uuid.uuid4().hex  # this driver, in the record's heartbeats and the mirror
     mirror = tracking_uri = None
     if spec.tracking.enabled:
@@ -298,11 +333,11 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         )
         mirror.start(study)  # the parent run is written while Ray starts the workers
     tty = opts.progress and sys.stderr.isatty()
-    driver = _driver(n_trials, complete, spec, mirror, lines=opts.progress and not tty)
+    driver = _driver(n_trials, complete, spec, mirror, opts.progress and not tty, stopped)
     view = searcher = None
     status = "FAILED"
     try:
-        if complete < n_trials:
+        if complete < n_trials and (deadline is None or time.time() < deadline):
             _ray_init(opts.ray_address, opts.runtime_env, tuple(vspec.import_paths))
             searcher = searcher_class()(
                 space=partial(_define_by_run, vspec=vspec),
@@ -315,6 +350,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                 n_trials=n_trials,
                 checkpoints=driver.checkpoints,
                 session=session,
+                stopped=stopped if scheduler is not None else None,
+                deadline=deadline,
             )
             from prunetune.search._worker import trainable
 
@@ -325,11 +362,14 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                         trainable,
                         threads=max(1, int(res.cpu)),
                         paths=tuple(vspec.import_paths),
+                        # a rung's epoch travels at once, so the scheduler decides on time
+                        flush_epochs=tuple(scheduler.rungs.levels) if scheduler else (),
                     ),
                     {"cpu": res.cpu, "gpu": res.gpu},
                 ),
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
+                    scheduler=scheduler,
                     num_samples=-1,  # the searcher stops once the study has n_trials COMPLETE
                     max_concurrent_trials=opts.max_concurrent or spec.search.max_concurrent,
                     reuse_actors=True,
@@ -349,7 +389,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                 view = Live(driver.render(), refresh_per_second=2, get_renderable=driver.render)
                 view.start()
             tuner.fit()
-        status = "FINISHED" if _count(study, "COMPLETE") >= n_trials else "FAILED"
+        out_of_time = deadline is not None and time.time() >= deadline
+        status = "FINISHED" if _finished(study) >= n_trials or out_of_time else "FAILED"
     finally:
         if view is not None:
             view.stop()
@@ -384,6 +425,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         parent_run_id=mirror.parent_run_id if mirror is not None else None,
         completed=_count(study, "COMPLETE"),
         failed=_count(study, "FAIL"),
+        stopped=len(driver.stopped_here),
         trials=rows,
         front=[r for r in rows if r["trial"] in on_front],
         wall_seconds=time.time() - t0,
@@ -409,6 +451,33 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     if mirror is not None and mirror.error is not None:
         raise ConfigError(f"MLflow tracking at {tracking_uri} failed: {mirror.error}")
     return outcome
+
+
+def _scheduler(vspec: ValidatedSpec, study: Any) -> Any:
+    """The spec's early-stopping scheduler, its rungs rebuilt from the record (a resumed study
+    keeps them: Ray does not restore a scheduler across driver runs here)."""
+    sch = vspec.spec.search.scheduler
+    if sch is None:
+        return None
+    from prunetune.search._moasha import MOASHA
+    from prunetune.search._record import rung_history
+
+    metric = vspec.spec.metric
+    scheduler = MOASHA(
+        metric=metric,
+        mode="max" if MAXIMIZE[metric] else "min",
+        size_metric="params",
+        grace_epochs=sch.grace_epochs,
+        reduction_factor=sch.reduction_factor,
+        max_epochs=vspec.spec.train.epochs,
+    )
+    scheduler.rebuild(*rung_history(study, metric))
+    return scheduler
+
+
+def _finished(study: Any) -> int:
+    """Trials that count towards ``n_trials``: COMPLETE and PRUNED (stopped by a rung)."""
+    return _count(study, "COMPLETE") + _count(study, "PRUNED")
 
 
 def _count(study: Any, state: str) -> int:

@@ -221,6 +221,30 @@ class Resources(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class Scheduler(_Strict):
+    """Early stopping across trials: multi-objective asynchronous successive halving."""
+
+    name: Literal["mo-asha"] = Field(description="mo-asha (Schmucker et al. 2021)")
+    grace_epochs: int = Field(1, ge=1, description="epochs every trial trains (the first rung)")
+    reduction_factor: int = Field(
+        3, ge=2, description="η: a rung keeps the best 1/η of the trials that reach it"
+    )
+
+
+def _seconds(v: Any) -> Any:
+    """``600``, ``"600s"``, ``"10m"``, ``"1.5h"`` → seconds."""
+    if isinstance(v, str):
+        text = v.strip().lower()
+        unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
+        try:
+            return float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise ValueError(
+                f"must be seconds or a duration like '10m' or '2h', got {v!r}"
+            ) from None
+    return v
+
+
 class SearchSettings(_Strict):
     sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
     n_trials: int = Field(16, ge=1, le=100_000)
@@ -230,11 +254,24 @@ class SearchSettings(_Strict):
     seed: int = Field(0, ge=0)
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///optuna.db")
     population_size: int = Field(8, ge=2, description="NSGA-II population")
+    scheduler: Scheduler | None = Field(
+        None, description="early stopping: {name: mo-asha, grace_epochs, reduction_factor}"
+    )
+    time_budget: float | None = Field(
+        None,
+        gt=0,
+        description="wall time (seconds, or '10m', '2h') after which no new trial starts; "
+        "running trials finish",
+    )
     heartbeat_grace: float = Field(
         60.0,
         ge=2,
         description="seconds without a driver's heartbeat before its running trials are failed "
         "and replaced (a second driver on the same study joins it meanwhile)",
+    )
+
+    _duration = field_validator("time_budget", mode="before")(
+        classmethod(lambda cls, v: _seconds(v))
     )
 
     @field_validator("storage")
@@ -309,6 +346,8 @@ class StudySpec(_Strict):
                     "resources",
                     "storage",
                     "heartbeat_grace",
+                    "scheduler",
+                    "time_budget",
                 },
                 "tracking": True,
                 "description": True,
@@ -467,6 +506,17 @@ def _validate_model_factory(spec: StudySpec) -> dict[str, Dim]:
     return dims
 
 
+def _validate_scheduler(spec: StudySpec) -> None:
+    """A rung must come before the last epoch."""
+    sch = spec.search.scheduler
+    epochs = spec.train.epochs
+    if sch is not None and sch.grace_epochs >= epochs:
+        raise ConfigError(
+            f"search.scheduler.grace_epochs: must be below train.epochs ({epochs}) so that a "
+            f"rung can stop a trial early, got {sch.grace_epochs}"
+        )
+
+
 def _validate_augment(spec: StudySpec) -> None:
     """Crops and flips need image batches."""
     shape = tuple(data_info(spec).input_shape)
@@ -606,6 +656,7 @@ class ValidatedSpec:
         _on_import_path(base_dir)
         self.method_ranges = _validate_methods(spec.methods)
         self.train_ranges = _validate_train(spec.train)
+        _validate_scheduler(spec)
         self.model_dims = _validate_model_factory(spec)
         _validate_objectives(spec)
         _validate_family(spec)

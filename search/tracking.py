@@ -118,6 +118,11 @@ class StudyMirror:
         """No trial will start any more and a core idles: figures and explanations now."""
         self._put(self._publish, True)
 
+    def trial_stopped(self, number: int, epoch: int) -> None:
+        """An early-stopping rung stopped trial ``number`` after ``epoch``: its run ends
+        FINISHED, tagged with that epoch (its epochs are already logged)."""
+        self._put(self._trial_stopped, number, int(epoch))
+
     def trial_failed(self, number: int, reason: str, status: str = "FAILED") -> None:
         self._put(self._trial_failed, number, reason, status)
 
@@ -276,6 +281,11 @@ class StudyMirror:
         # at the last epoch's step, after the epoch rows: the run's latest values are final
         M.log_batch(c, run_id, metrics=metrics, step=self._steps.get(number, 0))
         c.set_terminated(run_id, "FINISHED")
+
+    def _trial_stopped(self, number: int, epoch: int) -> None:
+        if (run_id := self.runs.get(number)) is not None:
+            self._c.set_tag(run_id, M.TAG_STOPPED, str(epoch))
+            self._c.set_terminated(run_id, "FINISHED")
 
     def _trial_failed(self, number: int, reason: str, status: str) -> None:
         if (run_id := self.runs.get(number)) is not None:

@@ -77,6 +77,31 @@ MALFORMED = [
         r"train\.optimizer must be one of \['adam', 'adamw', 'sgd'\], but got 'lbfgs'",
     ),
     ("search.sampler", "cmaes", r"search\.sampler: .*got 'cmaes'"),
+    (
+        "search.scheduler",
+        {"name": "asha"},
+        r"search\.scheduler\.name: Input should be 'mo-asha', got 'asha'",
+    ),
+    (
+        "search.scheduler",
+        {"name": "mo-asha", "reduction_factor": 1},
+        r"search\.scheduler\.reduction_factor: .*greater than or equal to 2, got 1",
+    ),
+    (
+        "search.scheduler",
+        {"name": "mo-asha", "grace_epochs": 12},
+        r"search\.scheduler\.grace_epochs: must be below train\.epochs \(12\) .*got 12",
+    ),
+    (
+        "search.scheduler",
+        {"name": "mo-asha", "eta": 3},
+        r"search\.scheduler\.eta: is not a known field, got 3",
+    ),
+    (
+        "search.time_budget",
+        "ten minutes",
+        r"search\.time_budget: .*must be seconds or a duration like '10m' or '2h', got 'ten minutes'",
+    ),
     ("search.n_trials", -3, r"search\.n_trials: .*got -3"),
     ("search.resources.gpu", -1, r"search\.resources\.gpu: .*got -1"),
     ("search.storage", "optuna.db", r"search\.storage: .*must be a storage URL.*got 'optuna\.db'"),

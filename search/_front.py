@@ -95,6 +95,7 @@ class TrialRecord:
         """The method's hyperparameters plus the key model/training ones, parsed from params."""
         keys = [k for k in sorted(self.params) if k.startswith("method.")]
         keys += [k for k in _KEY_PARAMS if k in self.params]
+        keys += [k for k in sorted(self.params) if k.startswith(("model.factory", "model.params."))]
         from prunetune.search._mlflow import parse_param
 
         return {k: parse_param(self.params[k]) for k in keys}

@@ -274,6 +274,22 @@ def _ray_init(
     )
 
 
+def _join_ray(opts: RunOptions, vspec: ValidatedSpec) -> None:
+    """Join the cluster at ``opts.ray_address``, or one line saying why not.
+
+    Raises:
+        ConfigError: Ray cannot connect (nothing has been created yet).
+    """
+    try:
+        _ray_init(opts.ray_address, opts.runtime_env, tuple(vspec.import_paths))
+    except Exception as e:  # ConnectionError, a bad address, a version mismatch…
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"--ray-address {opts.ray_address}: cannot join the Ray cluster: "
+            f"{type(e).__name__}: {reason}"
+        ) from None
+
+
 def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     from prunetune.search.space import sample_config
 
@@ -304,6 +320,8 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     n_trials = opts.n_trials or spec.search.n_trials
     t0 = time.time()
 
+    if opts.ray_address is not None:  # a cluster that cannot be reached: before any store
+        _join_ray(opts, vspec)
     rdb = open_storage(storage, spec.search.heartbeat_grace)
     study, study_name = prepare_study(vspec, rdb, opts.fresh)
     complete = _finished(study)

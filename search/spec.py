@@ -177,7 +177,11 @@ class DataFactory(_Strict):
 
 
 def _model_kind(v: Any) -> str:
-    return "~factory" if isinstance(v, dict) and "factory" in v else "~family"
+    # tags start with "~": error messages leave them out of field paths; at serialisation
+    # time ``v`` is the model itself
+    if isinstance(v, FactorySpace) or (isinstance(v, dict) and "factory" in v):
+        return "~factory"
+    return "~family"
 
 
 ModelSection = Annotated[

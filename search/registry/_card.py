@@ -56,6 +56,13 @@ def _dataset(params: Mapping[str, Any]) -> Any:
     return d
 
 
+def _dataset_label(d: Any) -> str:
+    """A built-in's name, or ``"data factory pkg.mod:fn"`` (or its name)."""
+    if isinstance(d, Mapping):
+        return str(d.get("name") or f"data factory {d.get('factory', '?')}")
+    return "?" if d is None else str(d)
+
+
 def fmt_int(s: str | None) -> str:
     """``"12345"`` → ``"12,345"``; anything else → ``"?"``."""
     try:
@@ -73,14 +80,24 @@ def _input_lines(inputs: Mapping[str, Any]) -> list[str]:
     lo, hi = inputs.get("range") or (None, None)
     mean, std = inputs.get("mean"), inputs.get("std")
     pixels = " (pixels scaled to [0, 1])" if (lo, hi) == (0.0, 1.0) else ""
+    values = (
+        f", values in `[{_num(lo)}, {_num(hi)}]`{pixels}"
+        if lo is not None
+        else ", as the data factory returns them"
+    )
+    if (mean, std) in ((0.0, 1.0), (None, None)):
+        standard = "The program applies no standardisation of its own."
+    else:
+        standard = (
+            "The data set's standardisation "
+            f"`(x - {_num(mean, '.6g')}) / {_num(std, '.6g')}` is part of the program: do not "
+            "standardise the inputs again."
+        )
     return [
         "## Inputs",
         "",
         f"`model.pt2` takes **raw** inputs: `{inputs.get('dtype', 'float32')}` tensors of shape "
-        f"`(batch, {shape})`, any batch size, values in `[{_num(lo)}, {_num(hi)}]`{pixels}. "
-        "The data set's standardisation "
-        f"`(x - {_num(mean, '.6g')}) / {_num(std, '.6g')}` is part of the program: do not "
-        "standardise the inputs again.",
+        f"`(batch, {shape})`, any batch size{values}. {standard}",
     ]
 
 
@@ -165,7 +182,7 @@ def model_card_markdown(
         f"# {name} v{version}",
         "",
         f"Aliases: {aliases}. Pruned with **{card.get('method', '?')}** on "
-        f"**{card.get('dataset', '?')}**; trial {card.get('trial', '?')} of study "
+        f"**{_dataset_label(card.get('dataset'))}**; trial {card.get('trial', '?')} of study "
         f"`{card.get('study', '?')}` (MLflow run `{card.get('run_id', '?')}`).",
         "",
         "| metric | value |",

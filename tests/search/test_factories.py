@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,9 @@ def test_a_factory_spec_validates_and_samples_the_factory_params(user_dir):
     from prunetune.search.space import sample_config
 
     v = parse_spec(_spec(), "fx.yaml", user_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the factory model serialises as itself
+        assert v.spec.fingerprint() == parse_spec(_spec(), "fx.yaml", user_dir).spec.fingerprint()
     assert v.data_info.task == "classification" and v.data_info.num_outputs == 4  # max label + 1
     assert v.data_info.input_shape == (3, 16, 16) and v.metric == "val_accuracy"
     assert {k: d.kind for k, d in v.model_dims.items()} == {"width": "int"}

@@ -41,6 +41,27 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def search_refused(monkeypatch):
+    """``search_refused(spec_file, work, *flags)``: run ``prunetune search SPEC`` from an empty
+    ``work`` as a user would; assert it exits 2 and creates nothing; the message on one line."""
+    return lambda spec_file, work, *extra: _search_refused(spec_file, work, monkeypatch, *extra)
+
+
+def _search_refused(spec_file: Path, work: Path, monkeypatch, *extra: str) -> str:
+    from typer.testing import CliRunner
+
+    from prunetune.search.cli import app
+
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["search", str(spec_file), "--workdir", str(work), *extra])
+    assert result.exit_code == 2, result.output
+    assert list(work.iterdir()) == []  # no store, no run, no results folder
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path

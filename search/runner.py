@@ -92,7 +92,12 @@ class StudyFailed(RuntimeError):
 
 # -- the driver: one Tune callback feeds the live view and the MLflow mirror -------------------
 def _driver(
-    total: int, already: int, spec: Any, mirror: Any, lines: bool, stopped: dict[str, int]
+    total: int,
+    already: int,
+    spec: Any,
+    mirror: Any,
+    lines: bool,
+    stopped: dict[str, int] | None = None,
 ) -> Any:
     """The driver's Tune callback and stopper: counts, timings and the live view of its trials,
     the mirror's events and each trial's checkpoint for the searcher. Tune pickles its run
@@ -215,7 +220,7 @@ def _driver(
             broken = self.mirror is not None and self.mirror.error is not None
             return broken or len(self.failures) > self.max_failures
 
-    return Driver(total, already, spec, mirror, lines, stopped)
+    return Driver(total, already, spec, mirror, lines, stopped if stopped is not None else {})
 
 
 def _fmt(metric: str, score: float | None) -> str:

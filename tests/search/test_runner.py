@@ -287,7 +287,7 @@ def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):
             self.error_file = None
 
     spec = parse_spec(tiny_spec).spec
-    d = _driver(total=5, already=1, spec=spec, mirror=None, lines=False)
+    d = _driver(total=6, already=1, spec=spec, mirror=None, lines=False, stopped={"e": 1})
     row = {"final": 1, "params_dense": 1000, "density": 0.5, "seconds": 1.0}
     for tid, n, acc, params in (("a", 1, 0.9, 500), ("b", 2, 0.8, 5)):
         d.on_trial_start(0, [], Trial(tid, n))
@@ -295,10 +295,13 @@ def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):
     d.on_trial_start(0, [], Trial("c", 3))
     d.on_trial_start(0, [], Trial("d", 4))
     d.on_trial_error(0, [], Trial("d", 4), why="ValueError: boom")
+    d.on_trial_start(0, [], Trial("e", 5))  # a rung stopped it after epoch 1: not a failure
+    d.on_trial_complete(0, [], Trial("e", 5, {"epoch_rows": [], "val_accuracy": 0.1}))
     out = io.StringIO()
     Console(file=out, width=200).print(d.render())
     text = out.getvalue()
-    assert "trials 3/5 done" in text and "1 running" in text and "1 failed" in text
+    assert "trials 4/6 done" in text and "1 running" in text and "1 failed" in text
+    assert "1 stopped early" in text and d.stopped_here == [5]
     assert "front: 2" in text
     # ≤1% of 1,000 params: only the 5-parameter model (0.800); ≤100%: the best (0.900)
     assert "≤1% params: 0.800" in text and "≤100% params: 0.900" in text

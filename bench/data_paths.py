@@ -16,11 +16,13 @@ Issue acceptance: test accuracy of ``dataset`` within 1 point (0.01) of ``tensor
 training throughput ≥ 0.5× theirs. Throughput is training samples × epochs over the trial's
 ``seconds`` (the training loop, including its per-epoch validation pass); wall time is the whole
 ``run_trial`` (workers' start, export, test evaluation), the data already read from disk.
+Timings mean something on a quiet machine only: ``other_cpu_s`` is the CPU every other process
+used meanwhile (Linux), ≈ 0 when nothing else ran.
 
 This file is also the module the trials import their factories from (``data_paths:…``): its
 folder is put on ``sys.path``, so ``run_trial`` imports it a second time as ``data_paths``.
 
-    .venv/bin/python bench/data_paths.py                 # ~2 min on 2 quiet cores
+    .venv/bin/python bench/data_paths.py                 # ~25 s on 2 quiet cores
     .venv/bin/python bench/data_paths.py --repeats 3     # median throughput of 3 runs per arm
 
 Last stdout line: {"acc_diff": …, "throughput_ratio": …, …} — ``acc_diff`` is the absolute test
@@ -34,6 +36,7 @@ import functools
 import gc
 import importlib
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -147,7 +150,25 @@ def trial_config(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def machine_cpu_s() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal: all but idle and iowait
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the loader workers, once joined)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_arm(arm: str, args: argparse.Namespace, n_train: int) -> dict[str, Any]:
+    busy0, own0 = machine_cpu_s(), own_cpu_s()
     t0 = time.perf_counter()
     out = run_trial(
         trial_config(arm, args),
@@ -161,7 +182,10 @@ def run_arm(arm: str, args: argparse.Namespace, n_train: int) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     m = out.metrics
     del out
-    gc.collect()  # the trial's DataLoaders (persistent workers) go with its data
+    gc.collect()  # the trial's loader workers are joined, so their CPU is counted
+    busy1, own = machine_cpu_s(), own_cpu_s() - own0
+    # Timings are only worth reading on a quiet machine: what else ran is measured, not assumed.
+    other = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - own)
     return {
         "arm": arm,
         "train_s": m["seconds"],
@@ -171,7 +195,14 @@ def run_arm(arm: str, args: argparse.Namespace, n_train: int) -> dict[str, Any]:
         "test_accuracy": m["test_accuracy"],
         "density": m["density"],
         "children_left": len(multiprocessing.active_children()),
+        "cpu_s": own,
+        "other_cpu_s": other,
     }
+
+
+def _total(values: Any) -> float | None:
+    vs = list(values)
+    return None if any(v is None for v in vs) else sum(vs)
 
 
 def main() -> None:
@@ -224,13 +255,17 @@ def main() -> None:
                 "acc_diff": abs(acc - ref_acc),
                 "density": statistics.median(r["density"] for r in rs),
                 "children_left": max(r["children_left"] for r in rs),
+                "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                "other_cpu_s": _total(r["other_cpu_s"] for r in rs),
             }
         )
     print_table(
         rows,
-        list(rows[0]),
+        [c for c in rows[0] if c not in ("density", "children_left")],  # both in the CSV
         f"Data paths — Fashion-MNIST LeNet-300-100, Gumbel, {args.epochs} epochs, median of "
-        f"{args.repeats} (acc_diff: |test accuracy − tensors'| as a fraction, bar {ACC_BAR})",
+        f"{args.repeats} (acc_diff: |test accuracy − tensors'| as a fraction, bar {ACC_BAR}; "
+        "cpu_s: this process and its loader workers; other_cpu_s: every other process during "
+        "the arm's runs, ≈ 0 on a quiet machine)",
     )
     write_csv("data_paths.csv", rows)
 
@@ -245,6 +280,7 @@ def main() -> None:
         summary["getitems_acc_diff"] = by_arm["dataset+getitems"]["acc_diff"]
         summary["getitems_throughput_ratio"] = by_arm["dataset+getitems"]["throughput_ratio"]
     summary["threads"] = torch.get_num_threads()
+    summary["other_cpu_s"] = _total(r["other_cpu_s"] for r in rows)
     summary["pass"] = bool(
         head["arm"] != "tensors"
         and head["acc_diff"] <= ACC_BAR

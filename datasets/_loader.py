@@ -4,6 +4,10 @@ through a ``DataLoader``, behind the same interface as the in-memory :class:`Spl
 The training loop reads ``train_batches``, ``eval_batches``, ``sample``, ``device`` and
 ``num_train`` of either; batches arrive on the trial's device (pinned host memory and
 non-blocking copies on CUDA).
+
+Same data, same seed, same batches: the training order is one ``randperm`` per epoch from the
+training loop's generator, drawn as the in-memory ``Splits`` draw it, whatever ``num_workers``;
+no loader draws from torch's global generator (the Gumbel noise comes from there).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prunetune.datasets._splits import Task
 
@@ -24,6 +28,23 @@ _SPLITS = ("train", "val", "test")
 
 def _as_tensor(v: Any) -> torch.Tensor:
     return v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+
+
+class _EpochOrder(Sampler[int]):
+    """Each epoch's order: ``randperm`` from the generator ``train_batches`` was given, drawn
+    when the epoch starts, exactly as :func:`~prunetune.datasets.batches` draws it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.generator: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = self.generator
+        device = g.device if g is not None else None
+        return iter(torch.randperm(self.n, generator=g, device=device).tolist())
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,18 +95,19 @@ class DatasetSplits:
         y = y.long() if self.task == "classification" else y.float().reshape(len(y), -1)
         return x, y
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, seed: int | None) -> Any:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> Any:
         key = split if not shuffle else f"{split}-shuffled"
         have = self._loaders.get(key)
         if have is not None and have.batch_size == batch_size:
             return have
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         workers = self.num_workers
         loader = DataLoader(
             getattr(self, split),
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=gen,
+            sampler=_EpochOrder(len(getattr(self, split))) if shuffle else None,
+            # its own generator: an iterator's worker seed is drawn from it, else from torch's
+            # global generator, which would shift the methods' noise
+            generator=torch.Generator().manual_seed(seed),
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
@@ -97,20 +119,17 @@ class DatasetSplits:
     def train_batches(
         self, batch_size: int, generator: torch.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One shuffled epoch of the training split; the order is seeded from ``generator``
-        (the first call draws the loader's seed, later epochs continue its stream)."""
-        seed = None
-        if "train-shuffled" not in self._loaders:
-            draw = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
-            seed = int(draw)
-        loader = self._loader("train", batch_size, True, seed)
+        """One shuffled epoch of the training split: one ``randperm`` from ``generator``, the
+        order the in-memory ``Splits`` give for the same generator."""
+        loader = self._loader("train", batch_size, True, generator.initial_seed())
+        loader.sampler.generator = generator
         return (self._batch(xb, yb) for xb, yb in loader)
 
     def eval_batches(
         self, split: str, batch_size: int = 1024
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``split`` in order, in batches."""
-        return (self._batch(xb, yb) for xb, yb in self._loader(split, batch_size, False, None))
+        return (self._batch(xb, yb) for xb, yb in self._loader(split, batch_size, False))
 
     def sample(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` random training samples (without replacement), drawn with ``generator``."""

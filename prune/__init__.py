@@ -29,10 +29,18 @@ from prunetune.prune._base import (
     make_method,
     register_method,
 )
+from prunetune.prune._frozen import FrozenMasks, bake_masks
 from prunetune.prune._hparams import Choice, Float, HParamTable, Int, validate_config
 from prunetune.prune._masking import FixedMask, attach_fixed_masks, fixed_masks, remove_masks
 from prunetune.prune._topology import ChannelGroup, Layer, Topology
-from prunetune.prune._train import TrainConfig, TrainResult, evaluate, evaluate_batches, train
+from prunetune.prune._train import (
+    TrainConfig,
+    TrainResult,
+    distill_loss,
+    evaluate,
+    evaluate_batches,
+    train,
+)
 from prunetune.prune.export import ExportResult, count_params, export_compact, plain_copy
 
 __all__ = [
@@ -42,6 +50,7 @@ __all__ = [
     "ExportResult",
     "FixedMask",
     "Float",
+    "FrozenMasks",
     "HParamTable",
     "Int",
     "Layer",
@@ -52,7 +61,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "attach_fixed_masks",
+    "bake_masks",
     "count_params",
+    "distill_loss",
     "evaluate",
     "evaluate_batches",
     "export_compact",

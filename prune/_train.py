@@ -11,8 +11,9 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from prunetune._schema import TRAIN
-from prunetune.prune._base import PruneContext, PruningMethod
+from prunetune._schema import DISTILL, TRAIN
+from prunetune.prune._base import Mask, PruneContext, PruningMethod
+from prunetune.prune._frozen import FrozenMasks, bake_masks
 from prunetune.prune._topology import Topology
 
 
@@ -111,6 +112,15 @@ class TrainConfig:
         momentum: SGD momentum.
         loss: ``cross_entropy`` for classification; ``mse`` / ``l1`` for regression.
         seed: seeds weight init, shuffling and mask noise; same seed → same metrics.
+        lr_schedule: the weights' learning rate over each phase: ``constant``, or ``cosine``
+            (decays to 0 by the phase's last step; mask parameters keep theirs).
+        finetune_epochs: epochs of a phase after the ``epochs`` of mask learning in which the
+            masks are frozen at their hard values (:class:`~prunetune.prune._frozen.FrozenMasks`)
+            and only the weights train, with a fresh optimiser at ``finetune_lr``.
+        finetune_lr: the fine-tune phase's learning rate.
+        distill_alpha: weight of a teacher's soft targets in the loss (0: no distillation; a
+            teacher must be passed to :func:`train` otherwise). Classification only.
+        distill_temperature: softmax temperature of teacher and student.
     """
 
     epochs: int = TRAIN["epochs"].default
@@ -121,19 +131,47 @@ class TrainConfig:
     momentum: float = TRAIN["momentum"].default
     loss: Literal["cross_entropy", "mse", "l1"] = "cross_entropy"
     seed: int = TRAIN["seed"].default
+    lr_schedule: Literal["constant", "cosine"] = TRAIN["lr_schedule"].default
+    finetune_epochs: int = TRAIN["finetune_epochs"].default
+    finetune_lr: float = TRAIN["finetune_lr"].default
+    distill_alpha: float = DISTILL["alpha"].default
+    distill_temperature: float = DISTILL["temperature"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name != "loss":
+            if f.name.startswith("distill_"):
+                key = f.name.removeprefix("distill_")
+                DISTILL[key].check(f"train.distill.{key}", getattr(self, f.name))
+            elif f.name != "loss":
                 TRAIN[f.name].check(f"train.{f.name}", getattr(self, f.name))
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {sorted(LOSSES)}, but got {self.loss!r}.")
+        if self.distill_alpha > 0 and self.loss != "cross_entropy":
+            raise ValueError(
+                f"train.distill.alpha {self.distill_alpha} needs a classification loss "
+                f"(cross_entropy), but the loss is {self.loss!r}."
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        """Mask learning and fine-tuning: the epochs a trial reports."""
+        return self.epochs + self.finetune_epochs
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` leaves: the per-epoch history, the training time and the final hard
+    masks (the method's, or after a fine-tune phase the frozen ones: the same masks).
+
+    Attributes:
+        stopped_early: ``stop`` ended training after the last epoch of ``history``.
+    """
+
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    masks: dict[str, Mask] = field(default_factory=dict)
+    method: PruningMethod | None = None
+    stopped_early: bool = False
 
 
 def evaluate(
@@ -174,7 +212,9 @@ def evaluate_batches(
     return total / max(n, 1)
 
 
-def _optimizer(model: nn.Module, method: PruningMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(
+    model: nn.Module, method: PruningMethod, cfg: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
     extra = method.param_groups()
     taken = {id(p) for g in extra for p in g["params"]}
     weights = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
@@ -182,9 +222,43 @@ def _optimizer(model: nn.Module, method: PruningMethod, cfg: TrainConfig) -> tor
     # Fused kernels: one pass per parameter instead of ~10 (mask logits double the state).
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=fused or None)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, fused=fused or None)
+    return cls(groups, lr=lr, fused=fused or None)
+
+
+def _schedule(
+    opt: torch.optim.Optimizer, kind: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine decay of the weights' group (the first) over ``steps``; other groups constant."""
+    if kind == "constant":
+        return None
+
+    def cosine(step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+
+    lambdas = [cosine] + [lambda _: 1.0] * (len(opt.param_groups) - 1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+
+
+def distill_loss(
+    out: torch.Tensor,
+    y: torch.Tensor,
+    teacher_out: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``(1 - alpha) * CE(out, y) + alpha * T² * KL(softmax(teacher/T) || softmax(out/T))``
+    (Hinton, Vinyals & Dean 2015; T² keeps the soft term's gradients on the hard term's scale)."""
+    t = temperature
+    hard = nn.functional.cross_entropy(out, y)
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(out / t, dim=1),
+        nn.functional.log_softmax(teacher_out / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1.0 - alpha) * hard + (alpha * t * t) * soft
 
 
 def train(
@@ -195,10 +269,18 @@ def train(
     *,
     batches: BatchFn | None = None,
     report: Callable[[dict[str, float]], None] | None = None,
-    epoch_metrics: Callable[[], dict[str, float]] | None = None,
+    epoch_metrics: Callable[[PruningMethod], dict[str, float]] | None = None,
     topology: Topology | None = None,
+    teacher: nn.Module | None = None,
+    stop: Callable[[dict[str, float]], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method``'s masks attached; returns the per-epoch history.
+
+    Two phases: ``cfg.epochs`` of mask learning (the method's hooks run), then
+    ``cfg.finetune_epochs`` in which the method's parametrizations are baked into the weights
+    and its hard masks held fixed (:class:`~prunetune.prune._frozen.FrozenMasks`: the channels
+    export would remove stay exactly zero) while the weights alone train with a fresh
+    optimiser at ``cfg.finetune_lr``. Epochs are numbered across both phases.
 
     Args:
         model: the plain model (no masks yet), on the same device as ``data``.
@@ -213,20 +295,32 @@ def train(
             ``data.train_batches(cfg.batch_size, g)``; pass one to transform them (e.g.
             ``augment_batches``).
         report: called after each epoch with ``{"epoch", "loss", "val_accuracy" | "val_loss",
-            **method.stats(), **epoch_metrics()}``.
-        epoch_metrics: extra per-epoch metrics (e.g. the kept parameters).
+            "phase" (0 mask learning, 1 fine-tuning), **method.stats(), **epoch_metrics(m)}``.
+        epoch_metrics: extra per-epoch metrics (e.g. the kept parameters), given the method
+            whose masks are current (``method``, then the frozen masks).
         topology: the model's topology, when the caller already built it.
+        teacher: a trained model whose outputs the student distils (``cfg.distill_alpha``
+            > 0); run in eval mode without gradients on every training batch.
+        stop: called with each epoch's row after ``report``; true ends training there (e.g. a
+            collapsed model), fine-tune phase included.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite.
+        ValueError: ``cfg.distill_alpha`` > 0 without a teacher.
     """
     data = _as_data(data)
     device = data.device
+    if cfg.distill_alpha > 0 and teacher is None:
+        raise ValueError(f"train.distill.alpha is {cfg.distill_alpha}, but no teacher was given.")
+    if cfg.distill_alpha == 0:
+        teacher = None
+    if teacher is not None:
+        teacher.eval()
     # Pruned weights get zero gradients, so their optimiser state decays into denormal floats,
     # which are ~100x slower on CPUs; flushing them to zero changes no result that matters.
     torch.set_flush_denormal(True)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    loss_fn = LOSSES[cfg.loss]
+    base_loss = LOSSES[cfg.loss]
     n_train = data.num_train
     steps = -(-n_train // cfg.batch_size)  # per epoch, for the methods' schedules
     if batches is None:
@@ -237,53 +331,83 @@ def train(
     def sample_batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return data.sample(k, gen)
 
+    def loss_fn(out: torch.Tensor, yb: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        if teacher is None:
+            return base_loss(out, yb)
+        with torch.no_grad():
+            t_out = teacher(xb)
+        return distill_loss(out, yb, t_out, cfg.distill_alpha, cfg.distill_temperature)
+
     ctx = PruneContext.for_model(
         model,
         data.input_shape,
         epochs=cfg.epochs,
         steps_per_epoch=steps,
         sample_batch=sample_batch,
-        loss_fn=loss_fn,
+        loss_fn=base_loss,
         seed=cfg.seed,
         topology=topology,
     )
     method.attach(model, ctx)
-    opt = _optimizer(model, method, cfg)
-    ctx.extra["optimizer"] = opt
-    result = TrainResult()
+    result = TrainResult(method=method)
     start = time.perf_counter()
-    step = 0
-    for epoch in range(cfg.epochs):
-        method.on_epoch_start(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        n_steps = 0
-        for xb, yb in batches(gen):
-            out = model(xb)  # (b, num_outputs)
-            loss = loss_fn(out, yb)
-            pen = method.penalty()
-            total = loss + pen if pen is not None else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            step += 1
-            n_steps += 1
-            method.on_step(step)
-            loss_sum += loss.detach()
-        mean_loss = float(loss_sum) / max(n_steps, 1)
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(
-                f"training loss is {mean_loss} at epoch {epoch + 1} (step {step})."
-            )
-        method.on_epoch_end(epoch)
-        val = evaluate_batches(model, data.eval_batches("val"), loss=cfg.loss)
-        row = {"epoch": epoch + 1, "loss": mean_loss}
-        row["val_accuracy" if cfg.loss == "cross_entropy" else "val_loss"] = val
-        row.update(method.stats())
-        if epoch_metrics is not None:
-            row.update(epoch_metrics())
-        result.history.append(row)
-        if report is not None:
-            report(row)
+    phases = [(method, cfg.epochs, cfg.lr)]
+    if cfg.finetune_epochs > 0:
+        phases.append((None, cfg.finetune_epochs, cfg.finetune_lr))
+    epoch = 0
+    for phase, (active, n_epochs, lr) in enumerate(phases):
+        if active is None:  # fine-tune: the masks reached so far, frozen
+            masks = result.method.masks()
+            bake_masks(model)
+            active = FrozenMasks(masks)
+            active.attach(model, PruneContext(**{**vars(ctx), "epochs": n_epochs, "extra": {}}))
+            result.method = active
+        opt = _optimizer(model, active, cfg, lr)
+        ctx.extra["optimizer"] = opt
+        sched = _schedule(opt, cfg.lr_schedule, n_epochs * steps)
+        step = 0
+        for phase_epoch in range(n_epochs):
+            active.on_epoch_start(phase_epoch)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            n_steps = 0
+            for xb, yb in batches(gen):
+                out = model(xb)  # (b, num_outputs)
+                loss = loss_fn(out, yb, xb)
+                pen = active.penalty()
+                total = loss + pen if pen is not None else loss
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                n_steps += 1
+                active.on_step(step)
+                loss_sum += loss.detach()
+            epoch += 1
+            mean_loss = float(loss_sum) / max(n_steps, 1)
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"training loss is {mean_loss} at epoch {epoch} (step {step} of phase {phase})."
+                )
+            active.on_epoch_end(phase_epoch)
+            val = evaluate_batches(model, data.eval_batches("val"), loss=cfg.loss)
+            row = {"epoch": epoch, "loss": mean_loss}
+            row["val_accuracy" if cfg.loss == "cross_entropy" else "val_loss"] = val
+            if cfg.finetune_epochs > 0:
+                row["phase"] = float(phase)
+            row.update(active.stats())
+            if epoch_metrics is not None:
+                row.update(epoch_metrics(active))
+            result.history.append(row)
+            if report is not None:
+                report(row)
+            if stop is not None and stop(row):
+                result.stopped_early = True
+                break
+        if result.stopped_early:
+            break
+    result.masks = result.method.masks()
     result.seconds = time.perf_counter() - start
     return result

@@ -38,15 +38,57 @@ TRAIN: dict[str, Param] = {
     "num_workers": Int(
         0, 256, 0, help="DataLoader worker processes (data factories returning Datasets)"
     ),
+    "lr_schedule": Choice(
+        ("constant", "cosine"),
+        "constant",
+        help="learning rate of the weights over each phase: constant, or cosine decay to 0",
+    ),
+    "finetune_epochs": Int(
+        0,
+        10_000,
+        0,
+        help="epochs of a fine-tune phase after training, with the masks frozen at their hard "
+        "values (0: none)",
+    ),
+    "finetune_lr": Float(
+        1e-6, 10.0, 1e-3, log=True, help="learning rate of the weights in the fine-tune phase"
+    ),
 }
 
+#: ``train.distill``: knowledge distillation from a dense teacher (Hinton et al. 2015). The
+#: loss is ``(1 - alpha) * loss(student, y) + alpha * T² * KL(teacher_T || student_T)``.
+DISTILL: dict[str, Param] = {
+    "alpha": Float(0.0, 1.0, 0.0, help="weight of the teacher's soft targets (0: off)"),
+    "temperature": Float(1.0, 50.0, 4.0, help="softmax temperature T of teacher and student"),
+    "teacher_epochs": Int(1, 10_000, 10, help="epochs the dense teacher trains (once per study)"),
+}
+#: Distillation options a study spec may search.
+DISTILL_SEARCHABLE: tuple[str, ...] = ("alpha", "temperature")
+
 #: Options a study spec may search (a range or a list of choices); the others take one value.
-SEARCHABLE: tuple[str, ...] = ("lr", "batch_size", "optimizer", "weight_decay", "momentum")
+SEARCHABLE: tuple[str, ...] = (
+    "lr",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "lr_schedule",
+    "finetune_epochs",
+    "finetune_lr",
+)
 #: How a trial runs, not what it computes: left out of a study's fingerprint.
 RUN_SETTINGS: tuple[str, ...] = ("num_workers",)
 #: Options added after the first studies: at their defaults they leave a fingerprint unchanged,
 #: so those studies still resume.
-ADDED_LATER: tuple[str, ...] = ("loss", "momentum", "augment", "num_workers")
+ADDED_LATER: tuple[str, ...] = (
+    "loss",
+    "momentum",
+    "augment",
+    "num_workers",
+    "lr_schedule",
+    "finetune_epochs",
+    "finetune_lr",
+)
 
 #: Losses by task; ``auto`` picks the first.
 LOSSES_OF_TASK: dict[str, tuple[str, ...]] = {
@@ -93,6 +135,8 @@ def resolve_loss(loss: str, task: str, dataset: str) -> str:
 __all__ = [
     "ACTIVATIONS",
     "ADDED_LATER",
+    "DISTILL",
+    "DISTILL_SEARCHABLE",
     "FAMILIES",
     "LOSSES_OF_TASK",
     "METRIC_OF_TASK",

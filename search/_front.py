@@ -5,6 +5,12 @@ artifacts and ``hypervolume`` metric, the live view, ``prunetune pareto`` and ``
 register``. Hypervolume is measured on (metric, log10 params) — the scale fronts are read on,
 where 1,000 → 100 parameters counts as much as 100,000 → 10,000 — against the reference the
 study fixed when it started.
+
+A collapsed trial (its model lost every path from input to output, or sits at chance) is
+COMPLETE in the record with its true values, so the sampler learns to avoid its region; here
+it never ranks: it is off the front, the figures, the hypervolume and the selections, and
+counted and marked in the tables of every trial. Identical front points (same metric and
+parameter count) are shown once, by their lowest-numbered trial, with their count.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class TrialRecord:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     start_time: int = 0
+    collapsed: bool = False  # its model collapsed: measured, but never on a front
 
     @property
     def val_accuracy(self) -> float:
@@ -83,13 +90,20 @@ class TrialRecord:
         return self.status == "FINISHED"
 
     @property
-    def point(self) -> tuple[float, float] | None:
-        """``(score, params)`` of a finished trial, else ``None`` (excluded); the score is
-        ``val_accuracy``, or ``-val_loss`` for a regression trial (see ``_objective``)."""
+    def measured(self) -> tuple[float, float] | None:
+        """``(score, params)`` of a finished trial with finite metrics, collapsed or not, else
+        ``None``; the score is ``val_accuracy``, or ``-val_loss`` for a regression trial (see
+        ``_objective``)."""
         if not self.finished:
             return None
         p = (to_score(self.metric, self.val_value), self.params_kept)
         return p if all(math.isfinite(v) for v in p) else None
+
+    @property
+    def point(self) -> tuple[float, float] | None:
+        """The point this trial ranks with: :attr:`measured`, but ``None`` (excluded) for a
+        collapsed trial."""
+        return None if self.collapsed else self.measured
 
     def hparams(self) -> dict[str, Any]:
         """The method's hyperparameters plus the key model/training ones, parsed from params."""
@@ -113,6 +127,7 @@ class TrialRecord:
             "test_accuracy": m.get("test_accuracy"),
             "val_loss": m.get("val_loss"),
             "test_loss": m.get("test_loss"),
+            "collapsed": self.collapsed,
             "hparams": self.hparams(),
         }
 
@@ -125,8 +140,9 @@ def _int(v: float | None) -> int | None:
 class StudyFront:
     """Ranks and selections over a study's trials.
 
-    ``records`` holds every trial; ``points[i]`` is ``None`` for failed / unfinished trials or
-    non-finite metrics, which never rank. ``front`` indexes ``records``, by params ascending.
+    ``records`` holds every trial; ``points[i]`` is ``None`` for failed / unfinished /
+    collapsed trials or non-finite metrics, which never rank. ``front`` indexes ``records``, by
+    params ascending, identical points included (:attr:`groups` shows each once).
     """
 
     study: str
@@ -151,12 +167,32 @@ class StudyFront:
 
     @property
     def finished(self) -> int:
-        """Trials with both objectives measured."""
-        return sum(p is not None for p in self.points)
+        """Trials with both objectives measured (collapsed ones included)."""
+        return sum(r.measured is not None for r in self.records)
+
+    @property
+    def collapsed(self) -> int:
+        """Finished trials whose model collapsed (kept off the front)."""
+        return sum(r.collapsed and r.measured is not None for r in self.records)
 
     @property
     def failed(self) -> int:
         return sum(r.status == "FAILED" for r in self.records)
+
+    @property
+    def groups(self) -> list[tuple[int, ...]]:
+        """The front with identical points (same score and params) together, in front order;
+        each group's lowest-numbered trial first: it represents the group."""
+        by: dict[tuple[float, float], list[int]] = {}
+        for i in self.front:
+            by.setdefault(self.points[i], []).append(i)  # type: ignore[arg-type]
+        return [tuple(sorted(g, key=lambda i: self.records[i].trial)) for g in by.values()]
+
+    @property
+    def summary(self) -> str:
+        """``"N finished, C collapsed (off the front), F failed"``: the study in one line."""
+        c = f", {self.collapsed} collapsed (off the front)" if self.collapsed else ""
+        return f"{self.finished} finished{c}, {self.failed} failed"
 
     @property
     def front_run_ids(self) -> set[str]:
@@ -174,10 +210,34 @@ class StudyFront:
         ]
 
     def front_rows(self) -> list[dict[str, Any]]:
+        """The front as shown: one row per distinct point (its representative trial), with
+        ``count`` trials at that point and the other trials' numbers in ``same_as``."""
         rows = []
-        for i in self.front:
+        for g in self.groups:
+            row = self.records[g[0]].row()
+            row["count"] = len(g)
+            row["same_as"] = [self.records[j].trial for j in g[1:]]
+            row["selected_as"] = self.marks(g[0])
+            rows.append(row)
+        return rows
+
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """Every trial, by number: its status, rank (``None``: never ranks — failed,
+        unfinished or collapsed), whether the displayed front shows it, and for a front trial
+        it does not show, the trial shown at the same point (``shown_as``)."""
+        groups = self.groups
+        shown = {g[0] for g in groups}
+        rep = {j: self.records[g[0]].trial for g in groups for j in g[1:]}
+        rows = []
+        for i in sorted(range(len(self.records)), key=lambda i: self.records[i].trial):
             row = self.records[i].row()
-            row["selected_as"] = self.marks(i)
+            row.update(
+                status=self.records[i].status,
+                rank=self.ranks[i],
+                on_front=i in shown,
+                shown_as=rep.get(i),
+                selected_as=self.marks(i),
+            )
             rows.append(row)
         return rows
 
@@ -186,6 +246,7 @@ class StudyFront:
             "study": self.study,
             "objectives": {self.metric: "max" if MAXIMIZE[self.metric] else "min", "params": "min"},
             "trials_finished": self.finished,
+            "trials_collapsed": self.collapsed,
             "trials_failed": self.failed,
             "reference_point": list(self.reference),
             "hypervolume": self.hypervolume,
@@ -210,6 +271,14 @@ def study_front(
     metric = next((metric_of(r.metrics) for r, p in zip(recs, points, strict=True) if p), None)
     metric = metric or "val_accuracy"
     ref = (float(reference[0]), float(reference[1]))
+    # a selection among identical points is the lowest-numbered of them (the one shown)
+    first: dict[tuple[float, float], int] = {}
+    for i in sorted((i for i, p in enumerate(points) if p), key=lambda i: recs[i].trial):
+        first.setdefault(points[i], i)  # type: ignore[arg-type]
+
+    def shown(i: int | None) -> int | None:
+        return None if i is None else first[points[i]]  # type: ignore[index]
+
     return StudyFront(
         study=study,
         records=recs,
@@ -218,9 +287,9 @@ def study_front(
         front=tuple(pareto.pareto_front(points)),
         reference=ref,
         hypervolume=log_hypervolume(points, ref),
-        knee=pareto.knee(points),
-        smallest=pareto.smallest(points, min_val_accuracy),
-        most_accurate=pareto.most_accurate(points),
+        knee=shown(pareto.knee(points)),
+        smallest=shown(pareto.smallest(points, min_val_accuracy)),
+        most_accurate=shown(pareto.most_accurate(points)),
         metric=metric,
     )
 
@@ -241,7 +310,7 @@ _STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}
 def records_of_study(study: Any, run_ids: dict[int, str] | None = None) -> list[TrialRecord]:
     """Every trial of an Optuna study as a :class:`TrialRecord` (its MLflow run id if known)."""
     from prunetune.search._mlflow import flatten, param_value
-    from prunetune.search._record import ATTR_CONFIG, ATTR_RESULT
+    from prunetune.search._record import ATTR_COLLAPSED, ATTR_CONFIG, ATTR_RESULT, is_collapsed
 
     names = study.metric_names or ["val_accuracy", "params"]
     out = []
@@ -257,6 +326,7 @@ def records_of_study(study: Any, run_ids: dict[int, str] | None = None) -> list[
                 metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                 params={k: param_value(v) for k, v in config.items()},
                 start_time=int(t.datetime_start.timestamp() * 1000) if t.datetime_start else 0,
+                collapsed=bool(t.user_attrs.get(ATTR_COLLAPSED)) or is_collapsed(metrics),
             )
         )
     return out
@@ -335,8 +405,7 @@ def load_study(study_name: str, storage: str) -> Any:
 
 # --------------------------------------------------------------------------- files
 
-_CSV_COLUMNS = (
-    "trial",
+_METRIC_COLUMNS = (
     "params",
     "params_dense",
     "density",
@@ -348,22 +417,38 @@ _CSV_COLUMNS = (
     "selected_as",
     "run_id",
 )
+_CSV_COLUMNS = ("trial", "count", "same_as", *_METRIC_COLUMNS)  # the front, each point once
+_TRIAL_COLUMNS = ("trial", "status", "collapsed", "rank", "on_front", "shown_as", *_METRIC_COLUMNS)
 
 
 def front_csv(f: StudyFront) -> str:
-    rows = f.front_rows()
+    """The displayed front: one row per distinct point, ``count`` trials at it."""
+    return _csv(f.front_rows(), _CSV_COLUMNS)
+
+
+def trials_csv(f: StudyFront) -> str:
+    """Every trial, collapsed ones marked (``collapsed`` true, no rank, not on the front)."""
+    return _csv(f.trial_rows(), _TRIAL_COLUMNS)
+
+
+def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     hp_keys = sorted({k for r in rows for k in r["hparams"]})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*_CSV_COLUMNS, *hp_keys])
+    w.writerow([*columns, *hp_keys])
     for r in rows:
-        base = [
-            ";".join(r[c]) if c == "selected_as" else ("" if r[c] is None else r[c])
-            for c in _CSV_COLUMNS
-        ]
+        base = [_field(r[c]) for c in columns]
         hps = [_cell(r["hparams"].get(k)) for k in hp_keys]
         w.writerow([*base, *hps])
     return buf.getvalue()
+
+
+def _field(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return ";".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "" if v is None else v
 
 
 def _cell(v: Any) -> str:
@@ -372,8 +457,25 @@ def _cell(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
+def point_label(f: StudyFront, group: Sequence[int]) -> str:
+    """``#5 ×3 knee``: a front point's representative trial, how many trials share the point
+    (when more than one), and the selections that chose it."""
+    label = f"#{f.records[group[0]].trial}"
+    if len(group) > 1:
+        label += f" ×{len(group)}"
+    if m := f.marks(group[0]):
+        label += " " + "/".join(m)
+    return label
+
+
+def _title(f: StudyFront) -> str:
+    off = f", {f.collapsed} collapsed (off the front)" if f.collapsed else ""
+    return f"{f.study}: {f.finished} trials{off}, hypervolume {f.hypervolume:.4g}"
+
+
 def front_png(f: StudyFront, path: Path) -> None:
-    """Scatter of all finished trials, params on a log axis; dominated trials faded."""
+    """Scatter of the finished trials (collapsed ones left out), params on a log axis;
+    dominated trials faded; each front point once, labelled with its count."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -391,16 +493,14 @@ def front_png(f: StudyFront, path: Path) -> None:
             alpha=0.35,
             label=f"dominated ({len(dom)})",
         )
-    if f.front:
-        xs = [max(f.points[i][1], 1.0) for i in f.front]  # type: ignore[index]
-        ys = [f.value(i) for i in f.front]
+    if groups := f.groups:
+        xs = [max(f.points[g[0]][1], 1.0) for g in groups]  # type: ignore[index]
+        ys = [f.value(g[0]) for g in groups]
         ax.step(xs, ys, where="post", color="tab:blue", alpha=0.6, linewidth=1.2)
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3, label=f"Pareto front ({len(xs)})")
         lo, hi = math.log10(min(xs)), math.log10(max(xs))
-        for i, x, y in zip(f.front, xs, ys, strict=True):
-            label = f"#{f.records[i].trial}"
-            if m := f.marks(i):
-                label += " " + "/".join(m)
+        for g, x, y in zip(groups, xs, ys, strict=True):
+            label = point_label(f, g)
             right = hi > lo and (math.log10(x) - lo) / (hi - lo) > 0.7  # keep labels inside
             ax.annotate(
                 label,
@@ -413,7 +513,7 @@ def front_png(f: StudyFront, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("kept parameters (log scale)")
     ax.set_ylabel(f.metric_label)
-    ax.set_title(f"{f.study}: {f.finished} trials, hypervolume {f.hypervolume:.4g}", fontsize=10)
+    ax.set_title(_title(f), fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     if f.front or dom:
         ax.legend(loc="lower right", fontsize=8)
@@ -425,10 +525,13 @@ def front_html(f: StudyFront) -> str:
     """Interactive plot (plotly, self-contained: no network needed); hover shows the config."""
     import plotly.graph_objects as go
 
+    same = {g[0]: [f.records[j].trial for j in g[1:]] for g in f.groups}
+
     def hover(i: int) -> str:
         r = f.records[i]
+        also = f" ×{len(same[i]) + 1} (also {', '.join(map(str, same[i]))})" if same.get(i) else ""
         lines = [
-            f"<b>trial {r.trial}</b> ({html.escape(r.method)})",
+            f"<b>trial {r.trial}</b>{also} ({html.escape(r.method)})",
             f"params {r.params_kept:,.0f} of {r.metrics.get('params_dense', math.nan):,.0f}",
             f"val {r.val_value:.4f}  test {r.test_value:.4f}",
             *(f"{html.escape(k)} = {html.escape(_cell(v))}" for k, v in r.hparams().items()),
@@ -440,7 +543,7 @@ def front_html(f: StudyFront) -> str:
     dom = [i for i, p in enumerate(f.points) if p is not None and f.ranks[i] != 0]
     for name, idx, style in (
         ("dominated", dom, {"color": "rgba(120,120,120,0.35)", "size": 7}),
-        ("Pareto front", list(f.front), {"color": "#1f77b4", "size": 10}),
+        ("Pareto front", [g[0] for g in f.groups], {"color": "#1f77b4", "size": 10}),
     ):
         fig.add_trace(
             go.Scatter(
@@ -455,7 +558,7 @@ def front_html(f: StudyFront) -> str:
             )
         )
     fig.update_layout(
-        title=f"{f.study}: Pareto front (hypervolume {f.hypervolume:.4g})",
+        title=f"Pareto front of {_title(f)}",
         xaxis={"type": "log", "title": "kept parameters"},
         yaxis={"title": f.metric_label},
         template="plotly_white",
@@ -464,13 +567,17 @@ def front_html(f: StudyFront) -> str:
 
 
 def write_front_files(f: StudyFront, directory: Path, figures: bool = True) -> list[Path]:
-    """``pareto_front.{csv,json}`` in ``directory``, and with ``figures`` ``.png`` and ``.html``."""
+    """``pareto_front.{csv,json}`` and ``trials.csv`` (every trial) in ``directory``, and with
+    ``figures`` ``pareto_front.png`` and ``.html``."""
     directory.mkdir(parents=True, exist_ok=True)
-    out = [directory / f"pareto_front.{ext}" for ext in ("csv", "json", "png", "html")]
+    out = [directory / f"pareto_front.{ext}" for ext in ("csv", "json")]
+    out.append(directory / "trials.csv")
     out[0].write_text(front_csv(f))
     out[1].write_text(json.dumps(f.to_json(), indent=2, default=str) + "\n")
+    out[2].write_text(trials_csv(f))
     if not figures:
-        return out[:2]
-    front_png(f, out[2])
-    out[3].write_text(front_html(f))
+        return out
+    out += [directory / f"pareto_front.{ext}" for ext in ("png", "html")]
+    front_png(f, out[3])
+    out[4].write_text(front_html(f))
     return out

@@ -27,6 +27,7 @@ TAG_TRIAL = "prunetune.trial"
 TAG_FAILURE = "prunetune.failure"
 TAG_PARETO = "pareto"
 TAG_STOPPED = "stopped_at_epoch"  # an early-stopping rung stopped the trial after this epoch
+TAG_COLLAPSED = "collapsed"  # "true": the trial's model collapsed (finished, never on a front)
 MAX_PARAM_LENGTH, MAX_TAG_LENGTH = 6000, 8000  # MLflow's (mlflow.utils.validation)
 
 

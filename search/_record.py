@@ -30,6 +30,9 @@ ATTR_REFERENCE = "hv_reference"  # [metric, params] fixed when the study starts
 ATTR_CURVE = "curve"  # [[epoch, metric, params], ...] reported so far (studies with a scheduler)
 ATTR_STOPPED = "stopped_at_epoch"  # a PRUNED trial: the epoch its rung stopped it after
 ATTR_LAST = "last_values"  # a PRUNED trial: its metric and params at that epoch
+# A COMPLETE trial whose model collapsed (no live path, or chance accuracy): it keeps its true
+# values, so the sampler learns to avoid the region, but every view keeps it off the front.
+ATTR_COLLAPSED = "collapsed"
 
 
 def resolve_storage(url: str | None, workdir: Any) -> str:
@@ -231,6 +234,8 @@ def searcher_class() -> type:
             def tell() -> None:
                 if ok:
                     t.set_user_attr(ATTR_RESULT, final_metrics(result))
+                    if is_collapsed(result):
+                        t.set_user_attr(ATTR_COLLAPSED, True)
                     if trial_id in self.checkpoints:
                         t.set_user_attr(ATTR_CHECKPOINT, self.checkpoints[trial_id])
                 try:
@@ -299,12 +304,27 @@ def _finite(v: Any) -> bool:
 def final_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The trial's final metrics as JSON scalars (Tune's bookkeeping keys dropped)."""
     keys = ("val_", "test_", "params", "density", "live_neurons", "seconds", "total_seconds")
-    out = {k: v for k, v in result.items() if k.startswith(keys) or k == "start_cpu_s"}
+    out = {
+        k: v
+        for k, v in result.items()
+        if k.startswith(keys) or k in ("start_cpu_s", ATTR_COLLAPSED, "teacher_trained")
+    }
     return json.loads(json.dumps(out, default=float))
 
 
+def is_collapsed(metrics: Any) -> bool:
+    """Whether a trial's final metrics say its model collapsed (``collapsed`` is 1; a result
+    from before trials reported it has no such key: not collapsed)."""
+    try:
+        return float((metrics or {}).get(ATTR_COLLAPSED, 0)) == 1.0
+    except (TypeError, ValueError):
+        return False
+
+
 __all__ = [
+    "ATTR_COLLAPSED",
     "finished",
+    "is_collapsed",
     "open_storage",
     "prepare_study",
     "resolve_storage",

@@ -70,8 +70,15 @@ def pareto(
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="list every trial (collapsed ones marked), not the front")
+    ] = False,
 ) -> None:
-    """Show a study's Pareto front (val metric, kept parameters ↓) from its Optuna record."""
+    """Show a study's Pareto front (val metric, kept parameters ↓) from its Optuna record.
+
+    Collapsed trials are counted but never on the front; trials at the same point are shown
+    once, with their count (×N).
+    """
     from prunetune.search import _mlflow as M
     from prunetune.search._front import front_of_study, load_study
 
@@ -92,21 +99,32 @@ def pareto(
     except ConfigError as e:
         raise _fail(str(e)) from None
     if as_json:
-        print(json.dumps(front.to_json(), default=str))
+        data = front.to_json()
+        if every:
+            data["trials"] = front.trial_rows()
+        print(json.dumps(data, default=str))
         return
+    what = "trials" if every else "Pareto front"
     table = Table(
-        title=f"{study}: Pareto front of {front.finished} finished trials "
-        f"({front.failed} failed); hypervolume {front.hypervolume:.6g} on (val, log10 params) "
-        f"w.r.t. (val {abs(front.reference[0]):g}, params {front.reference[1]:,.0f})",
+        title=f"{study}: {what} of {front.summary}; hypervolume {front.hypervolume:.6g} on "
+        f"(val, log10 params) w.r.t. (val {abs(front.reference[0]):g}, params "
+        f"{front.reference[1]:,.0f})",
         title_justify="left",
     )
-    for col in ("trial", "params", "density", "val acc", "test acc", "method", "selected", "run"):
-        table.add_column(
-            col, justify="right" if col not in ("method", "selected", "run") else "left"
-        )
-    for row in front.front_rows():
+    first = "note" if every else "count"
+    cols = ("trial", first, "params", "density", "val acc", "test acc", "method", "selected", "run")
+    for col in cols:
+        table.add_column(col, justify="right" if col not in (*cols[-3:], "note") else "left")
+    for row in front.trial_rows() if every else front.front_rows():
+        if every:
+            note = "collapsed" if row["collapsed"] else row["status"].lower()
+            note += ", front" if row["on_front"] else ""
+            note += f", as #{row['shown_as']}" if row["shown_as"] is not None else ""
+        else:
+            note = f"×{row['count']}" if row["count"] > 1 else ""
         table.add_row(
             str(row["trial"]),
+            note,
             _fmt(row["params"], ","),
             _fmt(row["density"], ".2%"),
             _fmt(row["val_accuracy"]),

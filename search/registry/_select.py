@@ -82,6 +82,8 @@ def select_trials(
     """Apply the rules of :func:`prunetune.search.pareto.select` to the study's front.
 
     ``min_val_accuracy`` is the floor (score units) for ``smallest``; default the spec's.
+    Collapsed trials are never chosen (they have no point); of trials at the same point, only
+    the lowest-numbered one (the one the front shows).
 
     Raises:
         ConfigError: a malformed rule.
@@ -95,6 +97,8 @@ def select_trials(
     for rule in select:
         if rule in named:  # the front's own selections (``smallest`` honours its floor)
             idx = [] if named[rule] is None else [named[rule]]
+        elif rule == "all-pareto":  # each front point once (collapsed trials never rank)
+            idx = [g[0] for g in front.groups]
         else:
             try:
                 idx = pareto.select(front.points, rule)

@@ -87,7 +87,8 @@ def digits():
 
 
 def _points(runs):
-    ids = sorted(runs)
+    """The runs that rank (a collapsed trial never does) and their (val accuracy, params)."""
+    ids = sorted(i for i in runs if runs[i].data.tags.get("collapsed") != "true")
     return ids, [
         (runs[i].data.metrics["val_accuracy"], runs[i].data.metrics["params"]) for i in ids
     ]

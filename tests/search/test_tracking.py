@@ -117,7 +117,14 @@ def test_every_trial_is_mirrored_with_every_metric_and_its_files(made, tmp_path)
 def test_the_parent_run_mirrors_the_records_front(made, tmp_path):
     c, mirror, study = MlflowClient(made["uri"]), made["mirror"], made["study"]
     runs = _children(c, mirror)
-    pts = {r.info.run_id: (r.data.metrics["val_accuracy"], r.data.metrics["params"]) for r in runs}
+    # a collapsed trial (tagged; its metric says so) is never on the front nor in its area
+    tagged = {r.info.run_id for r in runs if r.data.tags.get("collapsed") == "true"}
+    assert tagged == {r.info.run_id for r in runs if r.data.metrics.get("collapsed") == 1}
+    pts = {
+        r.info.run_id: (r.data.metrics["val_accuracy"], r.data.metrics["params"])
+        for r in runs
+        if r.info.run_id not in tagged
+    }
     front = {a for a, pa in pts.items() if not any(_dominates(pb, pa) for pb in pts.values())}
     assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front
     parent = c.get_run(mirror.parent_run_id)
@@ -125,6 +132,7 @@ def test_the_parent_run_mirrors_the_records_front(made, tmp_path):
     assert parent.data.tags["optuna_storage"] == made["storage"]
     assert parent.data.params["search.sampler"] == "random"
     assert parent.data.metrics["trials_finished"] == len(CONFIGS)
+    assert parent.data.metrics["trials_collapsed"] == len(tagged)
     # hypervolume on (accuracy, log10 params) against the reference the study fixed
     ref = study.user_attrs["hv_reference"]
     logged = sorted((math.log10(p), a) for a, p in pts.values())  # an independent sweep

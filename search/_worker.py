@@ -17,12 +17,14 @@ def trainable(
     threads: int,
     paths: tuple[str, ...] = (),
     flush_epochs: tuple[int, ...] = (),
+    teachers: dict[str, Any] | None = None,
 ) -> None:
     """Ray Tune function trainable: ``config`` holds ``trial_config`` and ``trial_number``;
     ``paths`` (the spec's folder and the driver's working directory) join the import path, so
     the study's factories resolve here as they did on the driver (folders this node lacks are
     skipped: on a cluster, code travels with ``--runtime-env`` or is installed). Epochs in
-    ``flush_epochs`` (an early-stopping scheduler's rungs) are reported at once."""
+    ``flush_epochs`` (an early-stopping scheduler's rungs) are reported at once. ``teachers``:
+    the study's distillation teachers' weights by key (trained once, by the driver)."""
     import os
     import sys
 
@@ -52,7 +54,7 @@ def trainable(
             tune.report({**row, "trial_number": number, "epoch_rows": rows[:]})
             rows.clear()
 
-    result = run_trial(cfg, report)
+    result = run_trial(cfg, report, teachers=teachers)
     final = {
         **result.metrics,
         "trial_number": number,

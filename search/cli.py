@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunetune._hparams import describe
-from prunetune._schema import ACTIVATIONS, FAMILIES, TRAIN
+from prunetune._schema import ACTIVATIONS, DISTILL, FAMILIES, TRAIN
 from prunetune.search import cli_data, cli_explain, cli_tracking
 from prunetune.search._cli_common import EXIT_CONFIG, _fail, console
 from prunetune.search._errors import ConfigError
@@ -77,6 +77,11 @@ def _option_help(name: str) -> str:
     p = TRAIN[name]
     rng = describe({name: p})[0]["range"]
     return f"{p.help}; {rng}"
+
+
+def _distill_help(name: str) -> str:
+    p = DISTILL[name]
+    return f"distillation: {p.help}; {describe({name: p})[0]['range']}"
 
 
 @app.command()
@@ -146,6 +151,24 @@ def train(
         "num_workers"
     ].default,
     seed: Annotated[int, typer.Option(help=_option_help("seed"))] = TRAIN["seed"].default,
+    lr_schedule: Annotated[str, typer.Option(help=_option_help("lr_schedule"))] = TRAIN[
+        "lr_schedule"
+    ].default,
+    finetune_epochs: Annotated[int, typer.Option(help=_option_help("finetune_epochs"))] = TRAIN[
+        "finetune_epochs"
+    ].default,
+    finetune_lr: Annotated[float, typer.Option(help=_option_help("finetune_lr"))] = TRAIN[
+        "finetune_lr"
+    ].default,
+    distill_alpha: Annotated[
+        float, typer.Option(help=_distill_help("alpha") + " (teacher: the same model, dense)")
+    ] = DISTILL["alpha"].default,
+    distill_temperature: Annotated[
+        float, typer.Option(help=_distill_help("temperature"))
+    ] = DISTILL["temperature"].default,
+    teacher_epochs: Annotated[
+        int, typer.Option(help=_distill_help("teacher_epochs") + "; cached")
+    ] = DISTILL["teacher_epochs"].default,
     device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda[:N]")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     as_json: Annotated[
@@ -197,6 +220,14 @@ def train(
             "loss": loss,
             "augment": [a.strip() for a in augment.split(",") if a.strip()] if augment else [],
             "num_workers": num_workers,
+            "lr_schedule": lr_schedule,
+            "finetune_epochs": finetune_epochs,
+            "finetune_lr": finetune_lr,
+            "distill": {
+                "alpha": distill_alpha,
+                "temperature": distill_temperature,
+                "teacher_epochs": teacher_epochs,
+            },
         },
         "device": device,
         "threads": threads,
@@ -214,7 +245,7 @@ def train(
             f"  {k}={row[k]:.4g}" for k in ("temperature", "expected_density") if k in row
         )
         console.print(
-            f"epoch {int(row['epoch']):>3}/{epochs}  loss={row['loss']:.4f}  "
+            f"epoch {int(row['epoch']):>3}/{epochs + finetune_epochs}  loss={row['loss']:.4f}  "
             f"val={acc:.4f}  density={row.get('density', float('nan')):.4%}{extra}",
             highlight=False,
         )
@@ -415,6 +446,7 @@ def _print_outcome(outcome: Any) -> None:
     table = Table(
         title=f"Pareto front — study {outcome.study_name} ({outcome.completed} complete, "
         + (f"{outcome.stopped} stopped early, " if outcome.stopped else "")
+        + (f"{outcome.collapsed} collapsed (off the front), " if outcome.collapsed else "")
         + f"{outcome.failed} failed)"
     )
     metric = "val_loss" if outcome.front and "val_loss" in outcome.front[0] else "val_accuracy"

@@ -80,6 +80,7 @@ class StudyOutcome:
     overheads: list[float] = field(default_factory=list)  # per trial: driver time − training
     results: list[dict[str, Any]] = field(default_factory=list)  # final Tune results of this run
     stopped: int = 0  # trials of this run an early-stopping rung stopped (PRUNED in the record)
+    collapsed: int = 0  # finished trials whose model collapsed (off the front)
 
 
 class StudyFailed(RuntimeError):
@@ -186,10 +187,13 @@ def _driver(
             from rich.table import Table
 
             from prunetune.search._objective import to_score
+            from prunetune.search._record import is_collapsed
             from prunetune.search.pareto import best_under_budgets, pareto_front
 
             done = list(self.done)
-            pts = [(to_score(self.metric, r[self.metric]), r["params"]) for r in done]
+            live = [r for r in done if not is_collapsed(r)]  # a collapsed model is off the front
+            pts = [(to_score(self.metric, r[self.metric]), r["params"]) for r in live]
+            n_collapsed = len(done) - len(live)
             elapsed = time.time() - self.t0
             ended = len(done) + len(self.stopped_here)
             left = self.total - self.already - ended
@@ -199,7 +203,8 @@ def _driver(
                 f"{len(self.running)} running",
                 f"{len(self.stopped_here)} stopped early",
                 f"[red]{len(self.failures)} failed[/]" if self.failures else "0 failed",
-                f"front: {len(pareto_front(pts))}",
+                f"front: {len({pts[i] for i in pareto_front(pts)})}"  # identical points once
+                + (f", {n_collapsed} collapsed (off the front)" if n_collapsed else ""),
                 f"{elapsed:,.0f}s elapsed"
                 + (f", ~{elapsed / ended * left:,.0f}s left" if ended and left > 0 else ""),
             )
@@ -302,6 +307,66 @@ def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
 
 
 # -- the study ---------------------------------------------------------------------------------
+def train_teacher(
+    vspec: ValidatedSpec, progress: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study's distillation teacher, trained now unless the cache has it: its record
+    (``val_accuracy``, ``test_accuracy``, ``params``, ``key``, ``trained``) and its weights
+    on the CPU."""
+    from prunetune.search._teacher import teacher_for
+    from prunetune.search.trial import _load, _loss_for, parse_config, resolve_device
+
+    spec = vspec.spec
+    teacher = vspec.teacher_model()
+    cfg = parse_config(
+        {
+            "dataset": vspec.dataset_config(),
+            "data_dir": spec.data_dir,
+            "model": teacher,
+            "train": {
+                "augment": list(spec.train.augment or ()),
+                "loss": spec.train.loss,
+                "distill": {
+                    "alpha": max(vspec.distill_ranges["alpha"]),
+                    "teacher_epochs": spec.train.distill.teacher_epochs,
+                    "teacher": teacher,
+                },
+            },
+        }
+    )
+    from prunetune.datasets._factory import load_data
+
+    device = resolve_device("auto")
+    data = _load(load_data, cfg, device)
+    loss = _loss_for(cfg.train.loss, data.task, cfg.dataset_label)
+    if progress:
+        print(
+            f"distillation teacher: {_model_label(teacher)}, "
+            f"{spec.train.distill.teacher_epochs} epochs (once per study, cached)",
+            file=sys.stderr,
+            flush=True,
+        )
+    t = teacher_for(cfg, data, device, loss)
+    keys = ("key", "val_accuracy", "test_accuracy", "val_loss", "test_loss", "params", "seconds")
+    record = {k: t.meta[k] for k in keys if k in t.meta}
+    record["trained"] = t.trained
+    if progress:
+        shown = {k: v for k, v in record.items() if k.startswith(("val_", "test_"))}
+        print(
+            f"distillation teacher {'trained' if t.trained else 'from the cache'}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    return record, t.state()
+
+
+def _model_label(model: dict[str, Any]) -> str:
+    if "factory" in model:
+        return f"{model['factory']}({model.get('params', {})})"
+    return f"{model['family']} {model.get('widths') or model.get('channels')}"
+
+
 def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutcome:
     """Run (or continue, or join) a study until ``n_trials`` trials are COMPLETE.
 
@@ -361,6 +426,13 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
     status = "FAILED"
     try:
         if complete < n_trials and (deadline is None or time.time() < deadline):
+            teachers = {}
+            if vspec.distills:  # once, here, rather than by whichever trials start first
+                teacher, state = train_teacher(vspec, progress=opts.progress)
+                teachers[teacher["key"]] = state  # to every trial through the object store
+                study.set_user_attr("teacher", teacher)
+                if mirror is not None:
+                    mirror.log_teacher(teacher)
             _ray_init(opts.ray_address, opts.runtime_env, tuple(vspec.import_paths))
             searcher = searcher_class()(
                 space=partial(_define_by_run, vspec=vspec),
@@ -385,6 +457,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
                         trainable,
                         threads=max(1, int(res.cpu)),
                         paths=tuple(vspec.import_paths),
+                        teachers=teachers,
                         # a rung's epoch travels at once, so the scheduler decides on time
                         flush_epochs=tuple(scheduler.rungs.levels) if scheduler else (),
                     ),
@@ -432,15 +505,16 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         {
             "trial": r.trial,
             spec.metric: r.val_value,
-            "score": front.points[i][0],  # type: ignore[index]
+            "score": r.measured[0],  # type: ignore[index]
             "params": int(r.params_kept),
             "method": r.method,
+            "collapsed": r.collapsed,
             "params_sampled": dict(study.trials[r.trial].params),
         }
-        for i, r in enumerate(front.records)
-        if front.points[i] is not None
+        for r in front.records
+        if r.measured is not None
     ]
-    on_front = {front.records[i].trial for i in front.front}
+    on_front = {front.records[g[0]].trial for g in front.groups}  # each point once
     outcome = StudyOutcome(
         study_name=study_name,
         storage=storage,
@@ -449,6 +523,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
         completed=_count(study, "COMPLETE"),
         failed=_count(study, "FAIL"),
         stopped=len(driver.stopped_here),
+        collapsed=front.collapsed,
         trials=rows,
         front=[r for r in rows if r["trial"] in on_front],
         wall_seconds=time.time() - t0,
@@ -492,7 +567,7 @@ def _scheduler(vspec: ValidatedSpec, study: Any) -> Any:
         size_metric="params",
         grace_epochs=sch.grace_epochs,
         reduction_factor=sch.reduction_factor,
-        max_epochs=vspec.spec.train.epochs,
+        max_epochs=vspec.max_epochs,
     )
     scheduler.rebuild(*rung_history(study, metric))
     return scheduler

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunetune._hparams import Choice, Float, Int, Param
-from prunetune._schema import SEARCHABLE, TRAIN
+from prunetune._schema import DISTILL, SEARCHABLE, TRAIN
 from prunetune.prune import METHODS
 from prunetune.search.spec import FactorySpace, ValidatedSpec
 
@@ -105,6 +105,16 @@ def _rest(trial: Any, vspec: ValidatedSpec, method: str, hp: dict[str, Any]) -> 
     fixed = {k: getattr(spec.train, k) for k in TRAIN if k not in SEARCHABLE}
     if "augment" in fixed:
         fixed["augment"] = list(fixed["augment"] or ())
+    if vspec.distills:  # otherwise the trial's default: no distillation
+        d = spec.train.distill
+        train["distill"] = {
+            **{
+                k: _suggest(trial, f"train.distill.{k}", DISTILL[k], rng)
+                for k, rng in vspec.distill_ranges.items()
+            },
+            "teacher_epochs": d.teacher_epochs,
+            "teacher": vspec.teacher_model(),
+        }
     return {
         "dataset": vspec.dataset_config(),
         "data_dir": spec.data_dir,

@@ -42,6 +42,8 @@ from prunetune._factory import Dim, FactoryError, check_signature, parse_params,
 from prunetune._hparams import check_range  # noqa: E402
 from prunetune._schema import (  # noqa: E402
     ADDED_LATER,
+    DISTILL,
+    DISTILL_SEARCHABLE,
     FAMILIES,
     LOSSES_OF_TASK,
     METRIC_OF_TASK,
@@ -190,12 +192,36 @@ ModelSection = Annotated[
 ]
 
 
+def _distill_space() -> type[BaseModel]:
+    """``train.distill:`` of a spec: :data:`prunetune._schema.DISTILL` (``alpha`` and
+    ``temperature`` searchable) and the teacher's model."""
+    fields: dict[str, Any] = {
+        name: (Any, Field(p.default, description=p.help)) for name, p in DISTILL.items()
+    }
+    fields["teacher"] = (
+        dict[str, Any] | None,
+        Field(
+            None,
+            description="the teacher's model, as a trial config's model (family fields or "
+            "{factory, params}); default: the largest model the space builds",
+        ),
+    )
+    return create_model("DistillSpace", __base__=_Strict, **fields)
+
+
+DistillSpace = _distill_space()
+
+
 def _train_space() -> type[BaseModel]:
     """``train:`` of a spec, one field per option of the schema (ranges are checked in
     :func:`_validate_train`)."""
     fields: dict[str, Any] = {
         name: (Any, Field(p.default, description=p.help)) for name, p in TRAIN.items()
     }
+    fields["distill"] = (
+        DistillSpace,
+        Field(DistillSpace(), description="distillation from a dense teacher: {alpha, ...}"),
+    )
     return create_model("TrainSpace", __base__=_Strict, **fields)
 
 
@@ -372,6 +398,8 @@ class StudySpec(_Strict):
         for k in ADDED_LATER:
             if k in t and _at_default(k, t[k]):
                 del t[k]
+        if t.get("distill") == DistillSpace().model_dump(mode="json"):
+            del t["distill"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -496,6 +524,42 @@ def _validate_train(train: Any) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def _validate_distill(spec: StudySpec) -> dict[str, tuple[Any, ...]]:
+    """``train.distill``: searchable options' ranges, the others' values, the teacher's model;
+    distillation (``alpha`` above 0 anywhere in its range) needs a classification data set."""
+    d = spec.train.distill
+    out = {}
+    for name, param in DISTILL.items():
+        value = getattr(d, name)
+        try:
+            if name in DISTILL_SEARCHABLE:
+                out[name] = check_range(param, f"train.distill.{name}", value)
+            else:
+                param.check(f"train.distill.{name}", value)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if max(out["alpha"]) > 0:
+        task = data_info(spec).task
+        if task != "classification":
+            raise ConfigError(
+                f"train.distill.alpha: distillation needs a classification data set; "
+                f"{spec.dataset_label!r} is {task}, got {d.alpha!r}"
+            )
+    if d.teacher is not None:
+        from prunetune.search.trial import DistillSection
+
+        try:
+            DistillSection.model_validate({"teacher": d.teacher})
+        except ValidationError as e:
+            raise ConfigError(format_pydantic(e, "train.distill")) from None
+        if "factory" in d.teacher:
+            try:
+                resolve(d.teacher["factory"], "train.distill.teacher.factory")
+            except FactoryError as e:
+                raise ConfigError(str(e)) from None
+    return out
+
+
 def _validate_model_factory(spec: StudySpec) -> dict[str, Dim]:
     """The model factory resolves and takes the spec's parameters; its dimensions."""
     m = spec.model
@@ -517,7 +581,7 @@ def _validate_scheduler(spec: StudySpec) -> None:
     if sch is not None and sch.grace_epochs >= epochs:
         raise ConfigError(
             f"search.scheduler.grace_epochs: must be below train.epochs ({epochs}) so that a "
-            f"rung can stop a trial early, got {sch.grace_epochs}"
+            f"rung can stop a trial while it learns its masks, got {sch.grace_epochs}"
         )
 
 
@@ -660,6 +724,7 @@ class ValidatedSpec:
         _on_import_path(base_dir)
         self.method_ranges = _validate_methods(spec.methods)
         self.train_ranges = _validate_train(spec.train)
+        self.distill_ranges = _validate_distill(spec)
         _validate_scheduler(spec)
         self.model_dims = _validate_model_factory(spec)
         _validate_objectives(spec)
@@ -690,6 +755,49 @@ class ValidatedSpec:
         if info.task == "classification":
             out["num_classes"] = info.num_outputs
         return out
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial reports: mask learning plus the longest fine-tune phase."""
+        return self.spec.train.epochs + max(self.train_ranges["finetune_epochs"])
+
+    @property
+    def distills(self) -> bool:
+        """Some trial may distil from a teacher (``train.distill.alpha`` can exceed 0)."""
+        return max(self.distill_ranges["alpha"]) > 0
+
+    def teacher_model(self) -> dict[str, Any]:
+        """The teacher's model as a trial config's ``model``: ``train.distill.teacher``, else
+        the largest model the space builds (every range at its top, the largest choice, the
+        first activation)."""
+        t = self.spec.train.distill.teacher
+        m = self.spec.model
+        info = self.data_info
+        if t is None and isinstance(m, ModelSpace):
+            acts = (m.activation,) if isinstance(m.activation, str) else m.activation
+            width = m.bounds("width")[1]
+            return {
+                "family": m.family,
+                "widths": []
+                if m.family == "resnet"
+                else list(m.widths or (width,) * m.bounds("depth")[1]),
+                "channels": [width] if m.family == "resnet" else list(m.channels),
+                "activation": acts[0],
+                "depth": max(m.resnet_depths),
+            }
+        if t is None:
+            assert isinstance(m, FactorySpace)
+            t = {
+                "factory": m.factory,
+                "params": {k: d.extreme_values[1] for k, d in self.model_dims.items()},
+            }
+        if "factory" in t:
+            from prunetune.models import data_params
+
+            fn = resolve(t["factory"], "train.distill.teacher.factory")
+            params = data_params(fn, dict(t.get("params", {})), info.input_shape, info.num_outputs)
+            return {"factory": t["factory"], "params": params}
+        return dict(t)
 
     def load_data(self, device: str = "cpu") -> Any:
         """The study's data (a built-in loaded, or the factory's, probed once)."""

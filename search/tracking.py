@@ -4,8 +4,9 @@ The Optuna study is the record; :class:`StudyMirror` copies it to MLflow, keyed 
 number, on its own thread (the Tune event loop never waits for the store). Trial processes
 never import MLflow. Parent run: the spec (params, ``spec/``), tags ``prunetune.study``,
 ``dataset``, ``sampler``, ``optuna_storage``; the front (``pareto_front.{csv,json,png,html}``,
-``hypervolume`` at step = trials complete, ``pareto=true`` on the front's runs). Child run
-``trial-NNNN``: the config as params, per-epoch metrics (step = epoch), final metrics, per-layer
+``hypervolume`` at step = trials complete, ``pareto=true`` on the front's runs, ``trials.csv``:
+every trial). Child run ``trial-NNNN``: the config as params, per-epoch metrics (step = epoch),
+final metrics, tag ``collapsed=true`` when its model collapsed, per-layer
 density and the checkpoint's files (``model/{weights,masks}.safetensors``: tensors only, the
 masked dense model; ``model/{input,kept_units}.json``; ``{metrics,config,history,per_layer}.json``).
 
@@ -122,6 +123,21 @@ class StudyMirror:
         """An early-stopping rung stopped trial ``number`` after ``epoch``: its run ends
         FINISHED, tagged with that epoch (its epochs are already logged)."""
         self._put(self._trial_stopped, number, int(epoch))
+
+    def log_teacher(self, teacher: dict[str, Any]) -> None:
+        """The study's distillation teacher on the parent run: ``teacher_val_accuracy`` (or
+        loss), ``teacher_test_…``, ``teacher_params`` metrics and a ``teacher_key`` tag."""
+        self._put(self._log_teacher, dict(teacher))
+
+    def _log_teacher(self, teacher: dict[str, Any]) -> None:
+        metrics = {
+            f"teacher_{k}": float(v)
+            for k, v in teacher.items()
+            if k.startswith(("val_", "test_")) or k in ("params", "seconds")
+        }
+        for k, v in metrics.items():
+            self._c.log_metric(self.parent_run_id, k, v)
+        self._c.set_tag(self.parent_run_id, "teacher_key", str(teacher.get("key", "")))
 
     def trial_failed(self, number: int, reason: str, status: str = "FAILED") -> None:
         self._put(self._trial_failed, number, reason, status)
@@ -267,6 +283,8 @@ class StudyMirror:
         self._steps[number] = max(self._steps[number], *(int(r["epoch"]) for r in rows))
 
     def _trial_finished(self, number: int, metrics: dict[str, Any], checkpoint: Any) -> None:
+        from prunetune.search._record import is_collapsed
+
         run_id, c = self.runs[number], self._c
         with _checkpoint_dir(checkpoint) as d:
             if d is not None:
@@ -279,7 +297,8 @@ class StudyMirror:
                     metrics.update({f"layer.{layer}.{k}": v for k, v in stats.items()})
                 c.log_artifacts(run_id, str(d))
         # at the last epoch's step, after the epoch rows: the run's latest values are final
-        M.log_batch(c, run_id, metrics=metrics, step=self._steps.get(number, 0))
+        tags = {M.TAG_COLLAPSED: "true"} if is_collapsed(metrics) else None
+        M.log_batch(c, run_id, metrics=metrics, step=self._steps.get(number, 0), tags=tags)
         c.set_terminated(run_id, "FINISHED")
 
     def _trial_stopped(self, number: int, epoch: int) -> None:
@@ -313,7 +332,11 @@ class StudyMirror:
             c.log_artifacts(self.parent_run_id, tmp)
         if figures:
             self._figures_at, self._figured = time.monotonic(), set(on)
-        counts = {"pareto_size": len(front.front), "trials_failed": front.failed}
+        counts = {
+            "pareto_size": len(front.groups),  # distinct points: identical ones count once
+            "trials_collapsed": front.collapsed,
+            "trials_failed": front.failed,
+        }
         metrics = {"hypervolume": front.hypervolume, "trials_finished": front.finished, **counts}
         reference = {"hypervolume_reference": json.dumps(list(front.reference))}
         M.log_batch(c, self.parent_run_id, metrics=metrics, step=front.finished, tags=reference)

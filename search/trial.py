@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from torch import nn
 
-from prunetune._schema import ACTIVATIONS, FAMILIES, RESNET_DEPTHS, TRAIN, resolve_loss
+from prunetune._schema import ACTIVATIONS, DISTILL, FAMILIES, RESNET_DEPTHS, TRAIN, resolve_loss
 from prunetune.search._errors import ConfigError, format_pydantic
 
 
@@ -85,6 +87,37 @@ def _model_kind(v: Any) -> str:
     return "~family"
 
 
+ModelChoice = Annotated[
+    Annotated[ModelConfig, Tag("~family")] | Annotated[FactoryModel, Tag("~factory")],
+    Discriminator(_model_kind),
+]
+
+
+def _distill_section() -> type[BaseModel]:
+    """``train.distill`` of a trial config: :data:`prunetune._schema.DISTILL` and the teacher's
+    architecture (``None``: the trial's own model, dense)."""
+
+    def check(cls: Any, v: Any, info: ValidationInfo) -> Any:
+        return DISTILL[info.field_name].check(f"train.distill.{info.field_name}", v)
+
+    fields: dict[str, Any] = {
+        name: (Any, Field(p.default, description=p.help)) for name, p in DISTILL.items()
+    }
+    fields["teacher"] = (
+        ModelChoice | None,
+        Field(None, description="the teacher's model (default: the trial's own, dense)"),
+    )
+    return create_model(
+        "DistillSection",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __validators__={"_check": field_validator(*DISTILL)(check)},
+        **fields,
+    )
+
+
+DistillSection = _distill_section()
+
+
 def _train_section() -> type[BaseModel]:
     """``train`` of a trial config: one field per option of the schema, each checked by it."""
 
@@ -94,6 +127,7 @@ def _train_section() -> type[BaseModel]:
     fields: dict[str, Any] = {
         name: (Any, Field(p.default, description=p.help)) for name, p in TRAIN.items()
     }
+    fields["distill"] = (DistillSection, Field(DistillSection(), description="distillation"))
     return create_model(
         "TrainSection",
         __config__=ConfigDict(extra="forbid", frozen=True),
@@ -112,10 +146,7 @@ class TrialConfig(BaseModel):
 
     dataset: str | FactoryData = "digits"
     data_dir: str | None = None
-    model: Annotated[
-        Annotated[ModelConfig, Tag("~family")] | Annotated[FactoryModel, Tag("~factory")],
-        Discriminator(_model_kind),
-    ] = ModelConfig()
+    model: ModelChoice = ModelConfig()
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "gumbel"})
     train: TrainSection = TrainSection()  # type: ignore[valid-type]
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -334,6 +365,8 @@ def _loss_for(loss: str, task: str, dataset: str) -> str:
 def run_trial(
     config: Mapping[str, Any] | TrialConfig,
     report: Callable[[dict[str, float]], None] | None = None,
+    *,
+    teachers: Mapping[str, Any] | None = None,
 ) -> TrialResult:
     """Train one configuration, export its compact model and measure it.
 
@@ -343,6 +376,9 @@ def run_trial(
     Args:
         config: a :class:`TrialConfig` or a mapping validated into one.
         report: called after each epoch with that epoch's metrics.
+        teachers: distillation teachers' weights by key (:mod:`prunetune.search._teacher`),
+            as a study's driver ships them; a teacher not given is loaded from prunetune's
+            cache or trained there, once.
 
     Returns:
         metrics ``val_accuracy``, ``test_accuracy``, ``params``, ``params_dense``, ``density``,
@@ -374,13 +410,22 @@ def run_trial(
         type(method).check(topology)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    tcfg = TrainConfig(
-        loss=loss,
-        **{
-            k: getattr(t, k)
-            for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "seed")
-        },
-    )
+    try:
+        tcfg = TrainConfig(
+            loss=loss,
+            distill_alpha=t.distill.alpha,
+            distill_temperature=t.distill.temperature,
+            **{k: getattr(t, k) for k in _TRAIN_KEYS},
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    teacher, teacher_trained = None, None
+    if tcfg.distill_alpha > 0:
+        from prunetune.search._teacher import teacher_for
+
+        got = teacher_for(cfg, data, device, loss, given=teachers)
+        teacher = got.model
+        teacher_trained = int(got.trained)
     epoch_batches = None
     if t.augment:
         from prunetune.datasets._augment import augment_batches
@@ -388,15 +433,32 @@ def run_trial(
         def epoch_batches(g: torch.Generator) -> Any:
             return augment_batches(data.train_batches(tcfg.batch_size, g), t.augment, generator=g)
 
-    def epoch_metrics() -> dict[str, float]:
-        weights = {name: m.weight for name, m in method.masks().items()}
+    chance = _Chance.of(data) if loss == "cross_entropy" else None
+    probe = _probe_inputs(data)
+
+    def epoch_metrics(active: Any) -> dict[str, float]:
+        weights = {name: m.weight for name, m in active.masks().items()}
         now = topology.count(model, weights)
         # what an early-stopping rung compares: a late pruner's budget, not its dense start
-        params = method.budget_count(now)
+        params = active.budget_count(now)
         row = {"density": params / topology.dense, "params": float(params)}
         if params != now:
             row["params_current"] = float(now)
+        if _input_independent(model, probe):
+            row["collapsed"] = 1.0
         return row
+
+    learned = [False]  # validation accuracy was above chance at some epoch
+
+    def stop(row: dict[str, float]) -> bool:
+        # At chance after having learned: the sparsity pressure destroyed the model. A model
+        # that has not learned yet (the first epochs of a small data set) trains on.
+        if chance is not None:
+            at_chance = chance.holds(row["val_accuracy"])
+            if at_chance and learned[0]:
+                row["collapsed"] = 1.0
+            learned[0] = learned[0] or not at_chance
+        return bool(row.get("collapsed"))
 
     t0 = time.perf_counter()
     start_cpu = time.process_time()  # the process's CPU before its first training step
@@ -409,14 +471,21 @@ def run_trial(
         report=report,
         epoch_metrics=epoch_metrics,
         topology=topology,
+        teacher=teacher,
+        stop=stop,
     )
-    masks = method.masks()
+    masks = result.masks
     ex = export_compact(model, masks, topology=topology)
     dense = plain_copy(model, masks).cpu()
     ex.model.to(device)
     val = evaluate_batches(ex.model, data.eval_batches("val"), loss=loss)
     test = evaluate_batches(ex.model, data.eval_batches("test"), loss=loss)
     ex.model.cpu()
+    collapsed = (
+        result.stopped_early
+        or _input_independent(ex.model, probe.cpu())
+        or (chance is not None and learned[0] and chance.holds(val))
+    )
     metrics: dict[str, float | int] = {
         f"val_{metric}": val,
         f"test_{metric}": test,
@@ -427,7 +496,10 @@ def run_trial(
         "seconds": result.seconds,
         "total_seconds": time.perf_counter() - t0,
         "start_cpu_s": start_cpu,
+        "collapsed": int(collapsed),
     }
+    if teacher_trained is not None:
+        metrics["teacher_trained"] = teacher_trained  # 1: this trial trained its teacher
     return TrialResult(
         metrics=metrics,
         history=result.history,
@@ -446,6 +518,72 @@ def run_trial(
             "num_outputs": int(data.num_outputs),
         },
     )
+
+
+_TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "seed",
+    "lr_schedule",
+    "finetune_epochs",
+    "finetune_lr",
+)
+
+#: A classifier within this (or two standard errors of the validation estimate, if more) of
+#: always answering the validation split's most frequent class is at chance.
+CHANCE_MARGIN = 0.01
+
+
+@dataclass(frozen=True)
+class _Chance:
+    """Chance level on the validation split: the share of its most frequent class."""
+
+    share: float
+    margin: float
+
+    @classmethod
+    def of(cls, data: Any) -> _Chance:
+        counts = torch.zeros(0, dtype=torch.long)
+        for _, y in data.eval_batches("val"):
+            c = torch.bincount(y.detach().long().flatten().cpu())
+            n = max(len(counts), len(c))
+            counts = nn.functional.pad(counts, (0, n - len(counts))) + nn.functional.pad(
+                c, (0, n - len(c))
+            )
+        total = int(counts.sum())
+        if total == 0:
+            return cls(0.0, 0.0)
+        p = float(counts.max()) / total
+        return cls(p, max(CHANCE_MARGIN, 2.0 * math.sqrt(p * (1.0 - p) / total)))
+
+    def holds(self, accuracy: float) -> bool:
+        return accuracy <= self.share + self.margin
+
+
+def _probe_inputs(data: Any, k: int = 8) -> torch.Tensor:
+    """A few validation inputs, to tell whether a model's output still depends on its input."""
+    x, _ = next(iter(data.eval_batches("val")))
+    return x[:k]
+
+
+@torch.no_grad()
+def _input_independent(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """The model (in eval mode, hard masks) gives every input of ``x`` the same output: no live
+    path from input to output is left. Residual nets with one dead branch still pass."""
+    if len(x) < 2:
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x).float().flatten(1)
+    finally:
+        model.train(was_training)
+    spread = (out - out[:1]).abs().max()
+    return bool(spread <= 1e-6 * (1.0 + out.abs().max()))
 
 
 def _load(load_data: Callable[..., Any], cfg: TrialConfig, device: torch.device) -> Any:

@@ -118,9 +118,14 @@ def test_study_tracking_end_to_end(ray_local, tiny_spec, tmp_path):
     assert len(parents) == 1 and parents[0].info.run_id == out.parent_run_id
     assert len(children) == 4
     assert sorted(int(r.data.tags["prunetune.trial"]) for r in children) == [0, 1, 2, 3]
-    # Pareto tags against an independent O(n^2) dominance check on the logged metrics.
+    # Pareto tags against an independent O(n^2) dominance check on the logged metrics of the
+    # trials whose model did not collapse (a collapsed one is tagged, and never on the front).
+    for r in children:
+        assert (r.data.tags.get("collapsed") == "true") == (r.data.metrics["collapsed"] == 1)
     pts = {
-        r.info.run_id: (r.data.metrics["val_accuracy"], r.data.metrics["params"]) for r in children
+        r.info.run_id: (r.data.metrics["val_accuracy"], r.data.metrics["params"])
+        for r in children
+        if r.data.tags.get("collapsed") != "true"
     }
 
     def dominated(p):
@@ -210,7 +215,7 @@ def test_val_loss_study_minimises_the_loss(ray_local, tiny_spec, tmp_path):
             if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts.values())
         }
 
-    by_trial = {t["trial"]: (t["val_loss"], t["params"]) for t in out.trials}
+    by_trial = {t["trial"]: (t["val_loss"], t["params"]) for t in out.trials if not t["collapsed"]}
     assert {t["trial"] for t in out.front} == front_of(by_trial)
 
     client = mlflow.MlflowClient(out.tracking_uri)
@@ -221,6 +226,7 @@ def test_val_loss_study_minimises_the_loss(ray_local, tiny_spec, tmp_path):
         if r.data.tags.get("mlflow.parentRunId") == out.parent_run_id
     ]
     assert all("val_accuracy" not in r.data.metrics for r in children)
+    children = [r for r in children if r.data.tags.get("collapsed") != "true"]
     assert all(r.data.params["train.loss"] == "l1" for r in children)
     pts = {r.info.run_id: (r.data.metrics["val_loss"], r.data.metrics["params"]) for r in children}
     tagged = {r.info.run_id for r in children if r.data.tags.get("pareto") == "true"}

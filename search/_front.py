@@ -40,6 +40,11 @@ _KEY_PARAMS = (
     "train.batch_size",
     "train.optimizer",
     "train.weight_decay",
+    "train.lr_schedule",
+    "train.finetune_epochs",
+    "train.finetune_lr",
+    "train.distill.alpha",
+    "train.distill.temperature",
 )
 
 

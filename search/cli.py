@@ -498,6 +498,29 @@ def methods() -> None:
         for row in describe(cls.hparams):
             table.add_row(row["name"], row["range"], str(row["default"]), row["help"])
         out.print(table)
+    from prunetune._schema import DISTILL_SEARCHABLE, SEARCHABLE
+
+    table = Table(
+        title="train — a spec's training options (searchable: a range or a list of choices)",
+        title_justify="left",
+    )
+    for col in ("option", "range", "default", "searchable", "meaning"):
+        table.add_column(col)
+    rows = [(r, r["name"] in SEARCHABLE) for r in describe(TRAIN)]
+    rows += [
+        ({**r, "name": f"distill.{r['name']}"}, r["name"] in DISTILL_SEARCHABLE)
+        for r in describe(DISTILL)
+    ]
+    for row, searchable in rows:
+        default = row["default"]
+        shown = ", ".join(default) if isinstance(default, tuple) else str(default)
+        table.add_row(
+            row["name"], row["range"], shown or "-", "yes" if searchable else "", row["help"]
+        )
+    table.add_row(
+        "distill.teacher", "a model", "largest", "", "the teacher's model (family or factory)"
+    )
+    out.print(table)
 
 
 def main() -> None:

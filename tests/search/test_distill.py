@@ -262,3 +262,21 @@ def test_distillation_needs_a_classification_data_set():
     spec["train"] = {"distill": {"alpha": [0.0, 0.5]}}
     with pytest.raises(ConfigError, match=r"train\.distill\.alpha: distillation needs a classif"):
         parse_spec(spec)
+
+
+def test_prunetune_methods_lists_the_training_options_a_spec_searches():
+    from typer.testing import CliRunner
+
+    from prunetune.search.cli import app
+
+    out = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.output.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip()
+    }
+    assert rows["finetune_epochs"][:3] == ["[0, 10000]", "0", "yes"]
+    assert rows["distill.alpha"][:3] == ["[0.0, 1.0]", "0.0", "yes"]
+    assert rows["lr_schedule"][:3] == ["constant | cosine", "constant", "yes"]
+    assert rows["seed"][2] == ""  # one value per study

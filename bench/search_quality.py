@@ -16,9 +16,10 @@ reference, over its COMPLETE trials less those tagged collapsed); how many colla
 test accuracy with ≤ 2,666, ≤ 800 and ≤ 400 parameters (1%, 0.3%, 0.15% of LeNet-300-100),
 selected on validation accuracy. Then the medians over seeds per sampler, beside the λ
 sweep's figures (``bench/out/gumbel_frontier.csv``, if present), and the best trial under each
-budget over all studies. ``--recipe`` re-trains the top 3 configurations under each budget (by validation
-accuracy) in-process at full length (``--recipe-epochs``, fine-tune epochs kept) and selects
-among those that still fit the budget on validation; ``best_test`` then comes from them.
+budget over all studies. ``--recipe`` re-trains the 3 best configurations under each budget
+and the 2 best up to 1.5 times it (by validation accuracy; a longer run prunes further)
+in-process at full length (``--recipe-epochs``, fine-tune epochs kept) and selects among those
+that fit the budget after re-training, on validation; ``best_test`` then comes from them.
 
 Acceptance (issue 15): the best multi-objective sampler's median hypervolume after 32 trials
 ≥ random search's after 96; ``best_test["0.3"]`` ≥ 0.85 and ``best_test["0.15"]`` ≥ 0.82.
@@ -273,18 +274,27 @@ def distinct(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def candidates(pool: list[dict[str, Any]], limit: float) -> list[dict[str, Any]]:
+    """What ``--recipe`` re-trains for a budget: the 3 best distinct configurations under it
+    and the 2 best between it and 1.5 times it (a longer run of a sparsity penalty prunes
+    further), by validation accuracy."""
+    under = distinct(ranked_under(pool, limit))[:3]
+    near = [t for t in distinct(ranked_under(pool, 1.5 * limit)) if t["params"] > limit][:2]
+    return under + near
+
+
 def recipe(
     pool: list[dict[str, Any]], args: argparse.Namespace, done: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """For each budget, the top 3 trials (by validation, under it) re-trained in-process for
-    ``--recipe-epochs``; the best that still fits, by validation. ``{budget: row}``."""
+    """For each budget, its :func:`candidates` re-trained in-process for ``--recipe-epochs``;
+    the best that fits the budget after re-training, by validation. ``{budget: row}``."""
     from prunetune.search._record import is_collapsed
     from prunetune.search.trial import run_trial
 
     def key_of(t: dict[str, Any]) -> str:
         return f"{t['sampler']}-s{t['seed']}#{t['number']}"
 
-    top = {b: distinct(ranked_under(pool, limit))[:3] for b, limit in BUDGETS.items()}
+    top = {b: candidates(pool, limit) for b, limit in BUDGETS.items()}
     retrained: dict[str, dict[str, Any]] = {}
     for t in {key_of(t): t for ts in top.values() for t in ts}.values():  # once per trial
         key = key_of(t)

@@ -171,6 +171,7 @@ def test_shipped_studies_are_valid():
         "fashion-mlp.yaml",
         "fashion-lenet5.yaml",
         "mnist-lenet300.yaml",
+        "fashion-extreme.yaml",
     } <= set(names)
     for name in names:
         assert load_spec(REPO / "studies" / name).spec.name

@@ -511,14 +511,21 @@ def _validate_objectives(spec: StudySpec) -> None:
 def _validate_train(train: Any) -> dict[str, tuple[Any, ...]]:
     """Searchable options: their ranges (``(low, high)``, choices or ``(value,)``); every
     other option is checked as one value."""
+    return _check_table(TRAIN, SEARCHABLE, train, "train")
+
+
+def _check_table(
+    table: dict[str, Any], searchable: tuple[str, ...], section: Any, where: str
+) -> dict[str, tuple[Any, ...]]:
+    """``section``'s values against ``table``: the ranges of the ``searchable`` options."""
     out = {}
-    for name, param in TRAIN.items():
-        value = getattr(train, name)
+    for name, param in table.items():
+        value = getattr(section, name)
         try:
-            if name in SEARCHABLE:
-                out[name] = check_range(param, f"train.{name}", value)
+            if name in searchable:
+                out[name] = check_range(param, f"{where}.{name}", value)
             else:
-                param.check(f"train.{name}", value)
+                param.check(f"{where}.{name}", value)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return out
@@ -528,16 +535,7 @@ def _validate_distill(spec: StudySpec) -> dict[str, tuple[Any, ...]]:
     """``train.distill``: searchable options' ranges, the others' values, the teacher's model;
     distillation (``alpha`` above 0 anywhere in its range) needs a classification data set."""
     d = spec.train.distill
-    out = {}
-    for name, param in DISTILL.items():
-        value = getattr(d, name)
-        try:
-            if name in DISTILL_SEARCHABLE:
-                out[name] = check_range(param, f"train.distill.{name}", value)
-            else:
-                param.check(f"train.distill.{name}", value)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    out = _check_table(DISTILL, DISTILL_SEARCHABLE, d, "train.distill")
     if max(out["alpha"]) > 0:
         task = data_info(spec).task
         if task != "classification":

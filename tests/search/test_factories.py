@@ -262,6 +262,14 @@ def test_tensors_and_datasets_train_the_same_model_on_the_same_data(user_dir):
         assert out.inputs["range"] is None  # a factory's inputs are what it returns
     assert loader.metrics["val_accuracy"] == again.metrics["val_accuracy"]  # seeded loader
     assert loader.history == again.history
+    # the same epoch order as the in-memory path, so the same training (to float rounding of
+    # the batches' collation)
+    workers = _trial({"factory": "ptfx_user:datasets", "params": {"n": 256}}, net, num_workers=2)
+    assert workers.history == loader.history  # whatever the number of loader processes
+    for a, b in zip(tensors.history, loader.history, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
 
 
 def test_augmentation_changes_training_and_needs_images(user_dir):

@@ -24,7 +24,7 @@ that fit the budget after re-training, on validation; ``best_test`` then comes f
 Acceptance (issue 15): the best multi-objective sampler's median hypervolume after 32 trials
 ≥ random search's after 96; ``best_test["0.3"]`` ≥ 0.85 and ``best_test["0.15"]`` ≥ 0.82.
 
-    .venv/bin/python bench/search_quality.py --recipe        # 2 seeds: about an hour+ on 2 cores
+    .venv/bin/python bench/search_quality.py --recipe        # 2 seeds: ~2 h 10 min on 2 cores
     .venv/bin/python bench/search_quality.py --seeds 1       # a quick look
     .venv/bin/python bench/search_quality.py --resume ...    # skip studies already finished
 

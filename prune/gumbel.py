@@ -9,6 +9,14 @@ noise ``L = log u − log(1 − u)``. Training uses the straight-through hard ma
 deterministic mask ``1[θ > 0]``. A sparsity penalty on the expected kept-parameter fraction
 (``P(keep) = σ(θ)``) pushes logits down; the temperature τ is annealed by a schedule.
 
+The deterministic mask can land well above the penalty's target: gates the target penalty leaves
+near σ(θ) = ½ count half in expectation but fully once ``θ > 0``. ``max_density`` (an addition
+to the paper) caps it: the deterministic masks keep the gates with the largest logits, and only
+as many as fit ``max_density`` of the dense parameter count (:meth:`Topology.count`'s
+definition). The cap is set before every validation, at ``freeze_at`` and for export, so what is
+evaluated is what is exported; the weights adapt to it during ``freeze_at``'s frozen stretch or a
+fine-tune phase.
+
 Example:
     >>> from prunetune.prune import make_method
     >>> method = make_method({"name": "gumbel", "lam": 2.0, "granularity": "weight"})
@@ -136,6 +144,7 @@ class GumbelGate(nn.Module):
         self._sample: torch.Tensor | None = None
         self._p: torch.Tensor | None = None  # σ(θ) of the current step, shared with the penalty
         self._expected: torch.Tensor | None = None  # this step's count (per-weight gates)
+        self.threshold = 0.0  # deterministic mask: θ > threshold (> 0 under ``max_density``)
 
     frozen = False  # after ``freeze_at``: the deterministic mask, in training too
 
@@ -150,7 +159,7 @@ class GumbelGate(nn.Module):
         if self._sampling():
             self._sample, self._p = _HardConcrete.apply(self.logits, self.tau)
         else:
-            self._sample, self._p = (self.logits > 0).to(self.logits.dtype), None
+            self._sample, self._p = self.hard(), None
         return self._sample
 
     def masked(self, w: torch.Tensor) -> torch.Tensor:
@@ -162,7 +171,7 @@ class GumbelGate(nn.Module):
         return w * self.hard()
 
     def hard(self) -> torch.Tensor:
-        return (self.logits.detach() > 0).to(self.logits.dtype)
+        return (self.logits.detach() > self.threshold).to(self.logits.dtype)
 
     def keep_prob(self) -> torch.Tensor:
         """σ(θ), reusing this step's (differentiable) value when the forward pass made one."""
@@ -220,7 +229,7 @@ class _GatedChannels(ChannelSource):
 
 class _OpenRows(ChannelSource):
     """Channel closing for per-weight gates: a channel is open while some producer row keeps a
-    weight (``θ > 0``); closed channels get their biases and norm parameters masked."""
+    weight (``θ >`` the gate's threshold); closed channels get their biases and norm parameters masked."""
 
     def __init__(self, topology: Topology, gates: dict[str, GumbelGate], clock: Clock) -> None:
         super().__init__()
@@ -245,7 +254,7 @@ class _OpenRows(ChannelSource):
         acc[-1] = 1.0
         for gate, idx, flat in self._rows:
             with torch.no_grad():
-                rows = (gate.logits > 0).flatten(1)[idx.to(dev)].any(1).float()
+                rows = (gate.logits > gate.threshold).flatten(1)[idx.to(dev)].any(1).float()
             acc.index_add_(0, flat.to(dev), rows)
         self._v = (acc > 0).float()
         return self._v
@@ -286,11 +295,20 @@ class GumbelPruning(PruningMethod):
             help="fraction of training after which the masks freeze at 1[θ > 0] (the weights "
             "train on with the masks evaluation uses; 1 = never)",
         ),
+        "max_density": Float(
+            1e-4,
+            1.0,
+            1.0,
+            log=True,
+            help="cap on the kept fraction of the deterministic masks: the largest logits are "
+            "kept up to this share of the dense count (1 = no cap)",
+        ),
     }
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
         c = self.config
         self.ctx = ctx
+        self.model = model
         topo = ctx.topology
         self._layers = ctx.layers
         init = math.log(c["init_keep_prob"] / (1.0 - c["init_keep_prob"]))
@@ -339,11 +357,54 @@ class GumbelPruning(PruningMethod):
             for g in self.gates.values():
                 g.frozen = True
                 g.logits.requires_grad_(False)
+            self.apply_cap()
 
     frozen = False
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.apply_cap()  # before validation: evaluate what export will keep
+
+    # -- the cap on the deterministic masks -----------------------------------------------------
+    def _count_above(self, t: float) -> int:
+        """Parameters the deterministic masks ``θ > t`` keep."""
+        topo = self.ctx.topology
+        if self.neuron:
+            keep = (self.gates["channels"].logits.detach() > t).float()
+            return round(float(topo.expected(keep)))
+        masks = {name: g.logits.detach() > t for name, g in self.gates.items()}
+        return topo.count(self.model, masks)
+
+    def apply_cap(self) -> None:
+        """Set every gate's threshold to the smallest ``t ≥ 0`` at which ``θ > t`` keeps at
+        most ``max_density`` of the dense count (binary search over the positive logits; the
+        count only grows as ``t`` falls). No-op without a cap, and once frozen and set."""
+        cap = self.config["max_density"]
+        if cap >= 1.0 or (self.frozen and getattr(self, "_cap_set", False)):
+            return
+        self._cap_set = self.frozen
+        limit = cap * self.dense_count
+        t = 0.0
+        if self._count_above(0.0) > limit:
+            v = torch.cat([g.logits.detach().flatten() for g in self.gates.values()])
+            v = v[v > 0].sort(descending=True).values.cpu()
+            if len(v) == 0:  # the cap is below what no gate at all keeps
+                v = torch.zeros(1)
+            lo, hi = 0, len(v) - 1  # θ > v[lo] fits (keeps nothing above the top); v[hi] not
+            if self._count_above(float(v[hi])) <= limit:
+                lo = hi
+            else:
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if self._count_above(float(v[mid])) <= limit:
+                        lo = mid
+                    else:
+                        hi = mid
+            t = float(v[lo])
+        for g in self.gates.values():
+            g.threshold = t
 
     def lam_now(self) -> float:
         warm = self.config["warmup_epochs"]
@@ -381,6 +442,7 @@ class GumbelPruning(PruningMethod):
 
     # -- masks --------------------------------------------------------------------------------
     def masks(self) -> dict[str, Mask]:
+        self.apply_cap()
         if self.neuron:
             h = self.gates["channels"].hard()
             return channel_layer_masks(self.ctx.topology, torch.cat([h, h.new_ones(1)]))
@@ -403,4 +465,9 @@ class GumbelPruning(PruningMethod):
             "temperature": float(self.tau),
             "lambda": float(self.lam_now()),
             "expected_density": float(getattr(self, "_last_density", float("nan"))),
+            **(
+                {"cap_threshold": next(iter(self.gates.values())).threshold}
+                if self.config["max_density"] < 1
+                else {}
+            ),
         }

@@ -371,3 +371,78 @@ def test_masks_freeze_at_their_threshold_after_freeze_at(granularity):
     trained = model(x)
     model.eval()
     assert torch.equal(trained, model(x))  # the deterministic masks, in training too
+
+
+def _count(method, model, masks):
+    return method.ctx.topology.count(model, {k: m.weight for k, m in masks.items()})
+
+
+def test_max_density_caps_the_deterministic_masks_hand_computed():
+    """2 → 2 → 1 MLP, 9 parameters. θ > 0 keeps 8: three first-layer weights, both hidden
+    biases, both output weights and the output bias. Keeping the largest logits under a cap
+    goes by the count export keeps: dropping the output weight of hidden unit 1 (θ = 0.5)
+    kills the unit, and its kept weight and bias go with it."""
+    cases = [(1.0, 0.0, 8), (8 / 9, 0.0, 8), (7 / 9, 0.5, 5), (5 / 9, 0.5, 5), (4 / 9, 1.5, 1)]
+    for cap, threshold, kept in cases:
+        model = build_model(mlp_spec((2,), [2], 1))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0)  # every weight nonzero
+        method = make_method({"name": "gumbel", "max_density": cap})
+        method.attach(model, _ctx(model, (2,)))
+        with torch.no_grad():
+            method.gates["0"].logits.copy_(torch.tensor([[4.0, 3.0], [2.0, -1.0]]))
+            method.gates["2"].logits.copy_(torch.tensor([[1.5, 0.5]]))
+        masks = method.masks()
+        assert method.gates["0"].threshold == threshold, cap
+        assert _count(method, model, masks) == kept, cap
+        model.eval()
+        assert torch.equal(model[0].weight, masks["0"].weight)  # evaluation uses the cap
+        assert torch.equal(model[2].weight, masks["2"].weight)
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+@pytest.mark.parametrize("cap", [0.3, 0.05])
+def test_max_density_keeps_the_most_it_can(granularity, cap):
+    """Under the cap, and one more gate (the next-largest logit) would break it."""
+    torch.manual_seed(1)
+    model = build_model(mlp_spec((6,), [5, 4], 3))
+    method = make_method({"name": "gumbel", "granularity": granularity, "max_density": cap})
+    method.attach(model, _ctx(model, (6,)))
+    for g in method.gates.values():
+        torch.nn.init.normal_(g.logits, std=2.0)
+    limit = cap * method.dense_count
+    assert method._count_above(0.0) > limit  # the cap binds
+    method.apply_cap()
+    t = next(iter(method.gates.values())).threshold
+    assert t > 0 and all(g.threshold == t for g in method.gates.values())
+    assert method._count_above(t) <= limit
+    logits = torch.cat([g.logits.detach().flatten() for g in method.gates.values()])
+    below = logits[(logits > 0) & (logits <= t)].max()  # the next gate the cap left out
+    assert method._count_above(float(below) - 1e-6) > limit
+    if granularity == "neuron":
+        masks = method.masks()
+        assert _count(method, model, masks) == method._count_above(t)
+
+
+def test_max_density_holds_through_training_and_export():
+    """Validation each epoch sees the capped masks, and the export keeps at most the cap."""
+    from types import SimpleNamespace
+
+    from prunetune.prune import Topology, TrainConfig, export_compact, train
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 6), torch.randint(0, 3, (256,))
+    data = SimpleNamespace(input_shape=(6,), x_train=x, y_train=y, x_val=x[:64], y_val=y[:64])
+    model = build_model(mlp_spec((6,), [32, 16], 3))
+    topo = Topology.build(model, x[:2])
+    cfg = {"name": "gumbel", "lam": 0.01, "max_density": 0.2, "freeze_at": 0.5}
+    method = make_method(cfg)
+    result = train(model, method, data, TrainConfig(epochs=2, batch_size=32), topology=topo)
+    ex = export_compact(model, result.masks, topology=topo)
+    assert ex.params <= 0.2 * ex.params_dense
+    assert ex.params > 0.15 * ex.params_dense  # the cap bound: the penalty alone keeps ~90%
+    assert all(r["cap_threshold"] > 0 for r in result.history)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x[:64]), ex.model(x[:64]), atol=1e-5)

@@ -8,8 +8,10 @@ kept parameters, MACs per sample and the compact model's CPU latency at batch 25
 the dense model. Bars: Gumbel ≥ magnitude_neuron at both budgets; compact latency at ≈ 25%
 params ≤ 0.6× dense.
 
-Budgets: Gumbel uses the ``target`` penalty ``λ·|E[density] − target|``; magnitude_neuron keeps
-``sqrt(target)`` of every group's channels (conv parameters scale with in × out channels).
+Budgets: Gumbel uses the ``target`` penalty ``λ·|E[density] − target|`` and holds the budget
+with ``max_density`` (its deterministic masks keep the largest logits up to the budget);
+magnitude_neuron keeps ``sqrt(target)`` of every group's channels (conv parameters scale with
+in × out channels).
 
     .venv/bin/python bench/channel_pruning.py                         # ~40 min on 2 quiet cores
     .venv/bin/python bench/channel_pruning.py --train-size 2000 --epochs 1   # a quick look
@@ -39,20 +41,22 @@ from prunetune.models import build_family
 from prunetune.prune import Topology, TrainConfig, evaluate, export_compact, make_method, train
 
 BUDGETS = (0.5, 0.25)
-# Found by short runs (6,000 samples, 4 epochs; README "Benchmarks"): gates start nearly open
-# (little drop noise while the weights learn), move fast, and freeze for the last quarter so the
-# weights finish training with the masks evaluation uses.
+# Found by single runs at 25% (docs/methods.md, "Benchmarks"): gates start nearly open (little
+# drop noise while the weights learn), λ ramps up over the first epoch, the gates move fast and
+# freeze at 40% of the steps, held to the budget (max_density), so the weights train the last
+# 60% on the structure evaluation and export use (magnitude_neuron prunes from 10% to 50%).
 GUMBEL = {
     "name": "gumbel",
     "granularity": "neuron",
     "penalty": "target",
-    "lam": 5.0,
+    "lam": 10.0,
     "schedule": "exponential",
     "tau_start": 1.0,
     "tau_end": 0.1,
     "logit_lr": 0.2,
     "init_keep_prob": 0.99,
-    "freeze_at": 0.75,
+    "warmup_epochs": 1.0,
+    "freeze_at": 0.4,
 }
 
 
@@ -149,7 +153,7 @@ def main() -> None:
     for budget in args.budgets:
         for name in args.methods:
             if name == "gumbel":
-                method_cfg = {"target_density": budget, **gumbel}
+                method_cfg = {"target_density": budget, "max_density": budget, **gumbel}
             else:
                 method_cfg = {"name": name, "neurons": math.sqrt(budget)}
             model = build()

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, ClassVar
 
@@ -229,7 +230,8 @@ class _GatedChannels(ChannelSource):
 
 class _OpenRows(ChannelSource):
     """Channel closing for per-weight gates: a channel is open while some producer row keeps a
-    weight (``θ >`` the gate's threshold); closed channels get their biases and norm parameters masked."""
+    weight (``θ >`` the gate's threshold); closed channels get their biases and norm parameters
+    masked."""
 
     def __init__(self, topology: Topology, gates: dict[str, GumbelGate], clock: Clock) -> None:
         super().__init__()
@@ -392,17 +394,11 @@ class GumbelPruning(PruningMethod):
             v = v[v > 0].sort(descending=True).values.cpu()
             if len(v) == 0:  # the cap is below what no gate at all keeps
                 v = torch.zeros(1)
-            lo, hi = 0, len(v) - 1  # θ > v[lo] fits (keeps nothing above the top); v[hi] not
-            if self._count_above(float(v[hi])) <= limit:
-                lo = hi
-            else:
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if self._count_above(float(v[mid])) <= limit:
-                        lo = mid
-                    else:
-                        hi = mid
-            t = float(v[lo])
+            # θ > v[i] keeps the i largest; the first i that breaks the cap, then one before it
+            k = bisect.bisect_left(
+                range(len(v)), True, key=lambda i: self._count_above(float(v[i])) > limit
+            )
+            t = float(v[max(k - 1, 0)])
         for g in self.gates.values():
             g.threshold = t
 

@@ -362,6 +362,7 @@ class GumbelPruning(PruningMethod):
             self.apply_cap()
 
     frozen = False
+    _cap_set = False  # the cap's threshold is final (set after the masks froze)
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
@@ -384,7 +385,7 @@ class GumbelPruning(PruningMethod):
         most ``max_density`` of the dense count (binary search over the positive logits; the
         count only grows as ``t`` falls). No-op without a cap, and once frozen and set."""
         cap = self.config["max_density"]
-        if cap >= 1.0 or (self.frozen and getattr(self, "_cap_set", False)):
+        if cap >= 1.0 or (self.frozen and self._cap_set):
             return
         self._cap_set = self.frozen
         limit = cap * self.dense_count

@@ -162,6 +162,7 @@ class Topology:
         fixed: dict[str, str],
         slots: list[_Slot],
         dg: Any = None,
+        positions: dict[str, int] | None = None,
     ) -> None:
         self.model = model  # the plain model it was built from (methods' checks probe it)
         self.example = example.detach().cpu()
@@ -173,6 +174,10 @@ class Topology:
         self.channels = sum(g.size for g in groups)
         self._slots = slots
         self.dense = sum(_numel(model, s) for s in slots)
+        #: per prunable layer, the output positions each of its weights is applied at (H·W of
+        #: a Conv2d's output, 1 for a Linear on a flat input): MACs = kept weights × positions
+        self.positions = dict(positions or {})
+        self.dense_macs = int(self.expected_macs(torch.ones(self.channels))) if positions else 0
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -193,10 +198,14 @@ class Topology:
         if any(parametrize.is_parametrized(m) for _, m in model.named_modules()):
             raise ValueError("Topology.build needs the plain model (no masks attached yet).")
         order: dict[str, int] = {}
+        positions: dict[str, int] = {}
 
         def seen(name: str) -> Any:
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
                 order.setdefault(name, len(order))
+                if isinstance(output, torch.Tensor) and output.dim() >= 2:
+                    per = output.numel() // max(1, output.shape[0] * raw_weight(module).shape[0])
+                    positions[name] = positions.get(name, 0) + per  # a layer called twice: both
 
             return hook
 
@@ -267,7 +276,7 @@ class Topology:
             key=lambda layer: layer.order,
         )
         slots = _slots(model, groups, sum(g.size for g in groups))
-        return cls(model, example, layers, groups, fixed, slots, dg)
+        return cls(model, example, layers, groups, fixed, slots, dg, positions)
 
     # -- liveness -----------------------------------------------------------------------------
     def open_channels(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -393,6 +402,23 @@ class Topology:
                 term = term * q[idx.to(q.device)].sum() if idx is not None else term
             rest = math.prod(n for n, idx in zip(s.shape, s.dims, strict=True) if idx is None)
             total = total + term * rest
+        return total
+
+    def expected_macs(self, keep: torch.Tensor) -> torch.Tensor:
+        """Expected multiply-accumulates per sample of the prunable layers when channel ``c``
+        is kept with probability ``keep[c]`` (differentiable in ``keep``): each kept weight
+        once per output position. ``expected_macs(ones)`` is :attr:`dense_macs`."""
+        q = torch.cat([keep, keep.new_ones(1)])
+        total = keep.new_zeros(())
+        for s in self._slots:
+            n = self.positions.get(s.module)
+            if s.param != "weight" or n is None or s.module not in self.by_name:
+                continue
+            term = keep.new_ones(())
+            for idx in s.dims:
+                term = term * q[idx.to(q.device)].sum() if idx is not None else term
+            rest = math.prod(k for k, idx in zip(s.shape, s.dims, strict=True) if idx is None)
+            total = total + term * (rest * n)
         return total
 
 

@@ -305,6 +305,14 @@ class GumbelPruning(PruningMethod):
             help="cap on the kept fraction of the deterministic masks: the largest logits are "
             "kept up to this share of the dense count (1 = no cap)",
         ),
+        "mac_density": Float(
+            1e-4,
+            1.0,
+            1.0,
+            log=True,
+            help="MAC budget: adds λ·max(0, E[MACs]/dense MACs − mac_density) to the penalty, "
+            "so the gates spend the parameter budget where it costs little compute (1 = off)",
+        ),
     }
 
     def attach(self, model: nn.Module, ctx: PruneContext) -> None:
@@ -428,6 +436,18 @@ class GumbelPruning(PruningMethod):
                 total = total + kept + m * (e - kept)
         return total + self._const
 
+    def expected_macs(self) -> torch.Tensor:
+        """E[multiply-accumulates per sample] of the prunable layers (:meth:`Topology.
+        expected_macs`): channel gates through the topology; per-weight gates as each layer's
+        Σ σ(θ) times its output positions (the MACs of sparse kernels)."""
+        topo = self.ctx.topology
+        if self.neuron:
+            return topo.expected_macs(torch.sigmoid(self.gates["channels"].logits))
+        return sum(
+            torch.sigmoid(g.logits).sum() * topo.positions.get(name, 1)
+            for name, g in self.gates.items()
+        )
+
     def penalty(self) -> torch.Tensor | None:
         if self.frozen:
             return None
@@ -435,6 +455,11 @@ class GumbelPruning(PruningMethod):
         self._last_density = float(density.detach())
         if self.config["penalty"] == "target":
             density = (density - self.config["target_density"]).abs()
+        budget = self.config["mac_density"]
+        if budget < 1.0 and self.ctx.topology.dense_macs > 0:
+            macs = self.expected_macs() / self.ctx.topology.dense_macs
+            self._last_macs = float(macs.detach())
+            density = density + torch.relu(macs - budget)
         return self.lam_now() * density
 
     # -- masks --------------------------------------------------------------------------------
@@ -465,6 +490,11 @@ class GumbelPruning(PruningMethod):
             **(
                 {"cap_threshold": next(iter(self.gates.values())).threshold}
                 if self.config["max_density"] < 1
+                else {}
+            ),
+            **(
+                {"expected_mac_density": float(getattr(self, "_last_macs", float("nan")))}
+                if self.config["mac_density"] < 1
                 else {}
             ),
         }

@@ -446,3 +446,134 @@ def test_max_density_holds_through_training_and_export():
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x[:64]), ex.model(x[:64]), atol=1e-5)
+
+
+def _hook_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """MACs per sample of every Conv2d and Linear, counted by forward hooks (independent of
+    the topology)."""
+    total = 0
+
+    def hook(m, inputs, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            total += out[0].numel() * k
+        else:
+            total += m.in_features * m.out_features
+
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    with torch.no_grad():
+        model.eval()(x[:1])
+    for h in hs:
+        h.remove()
+    return total
+
+
+def _small_convnet() -> torch.nn.Module:
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 5 * 5, 3),
+    )
+
+
+def test_expected_macs_hand_computed():
+    from prunetune.prune import Topology
+
+    model = _small_convnet()
+    topo = Topology.build(model, torch.randn(2, 1, 5, 5))
+    # conv1 4·1·9 weights, conv2 2·4·9, linear 3·50, each at 25, 25 and 1 output positions
+    assert topo.dense_macs == 4 * 9 * 25 + 2 * 4 * 9 * 25 + 3 * 50 == 2850
+    groups = {g.root: g for g in topo.groups}
+    keep = torch.empty(topo.channels)
+    keep[groups["0"].offset : groups["0"].offset + 4] = 0.5  # Σ = 2 of conv1's channels
+    keep[groups["2"].offset : groups["2"].offset + 2] = 0.75  # Σ = 1.5 of conv2's
+    # conv1: 2 rows of 9, conv2: 1.5 rows × 2 inputs × 9, linear: 3 rows × 1.5·25 inputs
+    expected = 2 * 9 * 25 + 1.5 * 2 * 9 * 25 + 3 * 1.5 * 25
+    assert topo.expected_macs(keep).item() == pytest.approx(expected)
+
+
+def test_expected_macs_match_the_compact_resnet():
+    """On hard keeps, the topology's MACs are the exported model's, counted by hooks."""
+    from prunetune.models import build_family
+    from prunetune.prune import export_compact
+
+    torch.manual_seed(0)
+    model = build_family("resnet", (1, 12, 12), 10, depth=8, channels=[8])
+    x = torch.randn(2, 1, 12, 12)
+    method = make_method({"name": "gumbel", "granularity": "neuron"})
+    ctx = _ctx(model, (1, 12, 12))
+    topo = ctx.topology
+    assert topo.dense_macs == _hook_macs(model, x)
+    method.attach(model, ctx)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        logits = method.gates["channels"].logits
+        logits.copy_(torch.randn(logits.shape, generator=g))
+    keep = method.gates["channels"].hard()
+    assert 0 < keep.sum() < topo.channels
+    ex = export_compact(model, method.masks(), topology=topo)
+    assert ex.model is not None
+    assert round(topo.expected_macs(keep).item()) == _hook_macs(ex.model, x) < topo.dense_macs
+
+
+def test_mac_budget_adds_a_hinge_to_the_penalty():
+    cfg = {"name": "gumbel", "granularity": "neuron", "lam": 2.0, "init_keep_prob": 0.5}
+    methods = {}
+    for budget in (1.0, 0.1, 0.9):
+        model = _small_convnet()
+        methods[budget] = make_method({**cfg, "mac_density": budget})
+        methods[budget].attach(model, _ctx(model, (1, 5, 5)))
+    plain, capped, loose = methods[1.0], methods[0.1], methods[0.9]
+    # σ(θ) = ½ everywhere: conv1 2 of 4 rows of 9, conv2 1 of 2 rows × 2 inputs × 9 (at 25
+    # positions each), linear 3 rows × 1·25 inputs; of 2850 dense
+    macs = (2 * 9 * 25 + 1 * 2 * 9 * 25 + 3 * 1 * 25) / 2850
+    assert capped.expected_macs().item() / 2850 == pytest.approx(macs)
+    base = plain.penalty().item()
+    assert loose.penalty().item() == pytest.approx(base)  # under the budget: no term
+    assert capped.penalty().item() == pytest.approx(base + 2.0 * (macs - 0.1), rel=1e-5)
+    assert capped.stats()["expected_mac_density"] == pytest.approx(macs)
+    assert "expected_mac_density" not in plain.stats()
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp", "lenet5", "resnet8", "concat", "mobilenetv2", "mobilenetv3_small"]
+)
+def test_expected_macs_on_hard_keeps_are_the_compact_models(name):
+    """Dense and after channel removal (depthwise convs, concat, SE), the topology's MACs equal
+    an independent hook count on the plain and the exported model."""
+    from zoo import ZOO
+
+    from prunetune.prune import Topology, export_compact
+
+    model, x = ZOO[name]()
+    topo = Topology.build(model, x)
+    assert topo.dense_macs == _hook_macs(model, x)
+    method = make_method({"name": "gumbel", "granularity": "neuron"})
+    method.attach(
+        model,
+        PruneContext.for_model(
+            model,
+            tuple(x.shape[1:]),
+            epochs=1,
+            steps_per_epoch=1,
+            sample_batch=lambda k: (torch.randn(k, *x.shape[1:]), torch.zeros(k, dtype=torch.long)),
+        ),
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        logits = method.gates["channels"].logits
+        logits.copy_(torch.randn(logits.shape, generator=g) + 0.5)
+    keep = method.gates["channels"].hard()
+    ex = export_compact(model, method.masks(), topology=topo)
+    assert round(method.ctx.topology.expected_macs(keep).item()) == _hook_macs(ex.model, x)
+    assert _hook_macs(ex.model, x) < topo.dense_macs

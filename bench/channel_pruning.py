@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=10, help="latency repetitions")
     ap.add_argument("--data-dir", default=None)
@@ -130,7 +131,13 @@ def main() -> None:
         x_val=data.x_val[vdx],
         y_val=data.y_val[vdx],
     )
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=128,
+        lr=args.lr,
+        seed=args.seed,
+        lr_schedule=args.lr_schedule,
+    )
 
     def build() -> nn.Module:
         torch.manual_seed(args.seed)

@@ -8,12 +8,18 @@ kept parameters, MACs per sample and the compact model's CPU latency at batch 25
 the dense model. Bars: Gumbel ≥ magnitude_neuron at both budgets; compact latency at ≈ 25%
 params ≤ 0.6× dense.
 
+Training: Adam at 2e-3 with a cosine learning-rate decay, batch 128, for both methods. With a
+constant rate the validation accuracy of the last epochs swings by ±3 points from one epoch to
+the next (measured: 84.95% → 82.10% and 84.50% → 87.10% between epochs 7 and 8 of the two
+methods), so a single run measures that noise rather than the methods; ``--lr-schedule
+constant`` reproduces the earlier runs.
+
 Budgets: Gumbel uses the ``target`` penalty ``λ·|E[density] − target|`` and holds the budget
 with ``max_density`` (its deterministic masks keep the largest logits up to the budget);
 magnitude_neuron keeps ``sqrt(target)`` of every group's channels (conv parameters scale with
 in × out channels).
 
-    .venv/bin/python bench/channel_pruning.py                         # ~40 min on 2 quiet cores
+    .venv/bin/python bench/channel_pruning.py                         # ~14 min on 2 quiet cores
     .venv/bin/python bench/channel_pruning.py --train-size 2000 --epochs 1   # a quick look
 
 Last stdout line: {"rows": [{"method", "params_pct", "test_accuracy", "macs",
@@ -108,7 +114,13 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    ap.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="cosine",
+        help="the weights' learning rate, both methods (constant: the last epoch's validation "
+        "accuracy swings by ±3 points, more than the methods differ)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=10, help="latency repetitions")
     ap.add_argument("--data-dir", default=None)

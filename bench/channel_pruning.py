@@ -67,27 +67,9 @@ GUMBEL = {
 
 
 def macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one sample through every Conv2d and Linear."""
-    total = 0
-
-    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-            total += out[0].numel() * k
-        else:
-            total += m.in_features * m.out_features
-
-    hs = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    with torch.inference_mode():
-        model.eval()(x[:1])
-    for h in hs:
-        h.remove()
-    return total
+    """Multiply-accumulates of one sample through every prunable layer (the topology's count,
+    which Gumbel's ``mac_density`` budgets)."""
+    return Topology.build(model, x[:2]).dense_macs
 
 
 def latency(model: nn.Module, x: torch.Tensor, reps: int) -> float:

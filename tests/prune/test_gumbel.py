@@ -577,3 +577,14 @@ def test_expected_macs_on_hard_keeps_are_the_compact_models(name):
     ex = export_compact(model, method.masks(), topology=topo)
     assert round(method.ctx.topology.expected_macs(keep).item()) == _hook_macs(ex.model, x)
     assert _hook_macs(ex.model, x) < topo.dense_macs
+
+
+def test_expected_macs_weight_granularity_hand_computed():
+    model = _small_convnet()
+    method = make_method({"name": "gumbel", "mac_density": 0.5})
+    method.attach(model, _ctx(model, (1, 5, 5)))
+    with torch.no_grad():
+        method.gates["0"].logits.fill_(0.0)  # p = ½ of 36 weights, each at 25 positions
+        method.gates["2"].logits.fill_(math.log(3.0))  # p = ¾ of 72, at 25
+        method.gates["5"].logits.fill_(0.0)  # p = ½ of 150, at 1
+    assert method.expected_macs().item() == pytest.approx(36 * 0.5 * 25 + 72 * 0.75 * 25 + 75)

@@ -29,6 +29,7 @@ Acceptance (issue 15): the best multi-objective sampler's median hypervolume aft
 ≥ random search's after 96; ``best_test["0.3"]`` ≥ 0.85 and ``best_test["0.15"]`` ≥ 0.82.
 
     .venv/bin/python bench/search_quality.py --recipe        # 2 seeds: ~2 h 10 min on 2 cores
+    .venv/bin/python bench/search_quality.py --resume --recipe --recipe-epochs 60   # README's
     .venv/bin/python bench/search_quality.py --seeds 1       # a quick look
     .venv/bin/python bench/search_quality.py --resume ...    # skip studies already finished
 

@@ -292,7 +292,7 @@ def candidates(pool: list[dict[str, Any]], limit: float) -> list[dict[str, Any]]
 def recipe(
     pool: list[dict[str, Any]],
     args: argparse.Namespace,
-    done: dict[str, dict[str, Any]],
+    done: dict[tuple[str, str], dict[str, Any]],
     hold: bool,
     dense: float,
 ) -> dict[str, dict[str, Any]]:
@@ -322,8 +322,8 @@ def recipe(
             jobs[key] = (t, cfg)
     retrained: dict[str, dict[str, Any]] = {}
     for key, (t, cfg) in jobs.items():
-        old = done.get(key)
-        if old is not None and old["config"] == cfg:
+        old = done.get((key, json.dumps(cfg, sort_keys=True)))
+        if old is not None:
             retrained[key] = old
             continue
         say(f"recipe {key}: re-training for {args.recipe_epochs} epochs")
@@ -455,7 +455,12 @@ def main() -> None:
     if not args.resume and LOG.is_file():
         LOG.replace(LOG.with_suffix(".prev.jsonl"))  # a rerun never loses the last run's log
     prev = {r["key"]: r for r in old if r.get("kind") == "study"}
-    prev_recipes = {r["key"]: r for r in old if r.get("kind") == "recipe"}
+    # keyed by trial and config: re-trainings of one trial at other lengths are kept apart
+    prev_recipes = {
+        (r["key"], json.dumps(r["config"], sort_keys=True)): r
+        for r in old
+        if r.get("kind") == "recipe"
+    }
 
     studies: list[dict[str, Any]] = []
     todo = plan(args)

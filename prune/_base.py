@@ -132,6 +132,10 @@ class PruningMethod(ABC):
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called after each epoch (0-based); methods may prune or rewind here."""
 
+    def detach(self) -> None:  # noqa: B027 - optional hook
+        """Remove hooks the method registered on the model; called before its masks are baked
+        in (the fine-tune phase), after which the method no longer acts on the model."""
+
     def stats(self) -> dict[str, float]:
         """Scalars worth logging per epoch (temperature, penalty, ...)."""
         return {}

@@ -358,6 +358,7 @@ def train(
     for phase, (active, n_epochs, lr) in enumerate(phases):
         if active is None:  # fine-tune: the masks reached so far, frozen
             masks = result.method.masks()
+            result.method.detach()
             bake_masks(model)
             active = FrozenMasks(masks)
             active.attach(model, PruneContext(**{**vars(ctx), "epochs": n_epochs, "extra": {}}))

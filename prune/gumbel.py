@@ -40,8 +40,9 @@ from prunetune.prune._masking import (
     Clock,
     attach_channel_masks,
     channel_layer_masks,
+    member_perm,
 )
-from prunetune.prune._topology import Topology, raw_weight
+from prunetune.prune._topology import Topology, raw_param, raw_weight
 
 SCHEDULES = ("constant", "linear", "exponential", "cosine")
 
@@ -204,28 +205,99 @@ class _WeightMask(nn.Module):
 
 class _GatedChannels(ChannelSource):
     """Channel gates (granularity ``neuron``): one gate per channel of every channel group,
-    sampled once per forward pass and shared by all of the channel's members."""
+    sampled once per forward pass and shared by all of the channel's members.
 
-    def __init__(self, gate: GumbelGate, clock: Clock) -> None:
+    ``per_sample`` (hparam ``noise: sample``): in training, every example of the batch draws its
+    own mask (channel dropout with learned rates), applied by forward hooks to the outputs that
+    close a channel (its norms', else its producers'); the parametrizations then pass their
+    tensors through, and evaluation and frozen masks are the parametrizations' as before.
+    """
+
+    def __init__(
+        self, gate: GumbelGate, clock: Clock, per_sample: bool = False, leak: float = 0.0
+    ) -> None:
         super().__init__()
         self.gate = gate
         self.clock = clock
+        self.per_sample = per_sample
+        self.leak = leak
         self._tick = -1
         self._v: torch.Tensor | None = None
 
     def vector(self) -> torch.Tensor:
         g = self.gate
         if g._sampling():
+            if self.per_sample:  # the hooks mask per example
+                return g.logits.new_ones(g.logits.shape[0] + 1)
             if self._tick != self.clock.tick or self._v is None:
                 self._tick = self.clock.tick
-                s = g.sample()
+                s = self._leaky(g.sample())
                 self._v = torch.cat([s, s.new_ones(1)])
             return self._v
         h = g.hard()
         return torch.cat([h, h.new_ones(1)])
 
+    def matrix(self, batch: int) -> torch.Tensor:
+        """This forward pass's per-example masks, ``(batch, channels + 1)`` (last column 1)."""
+        if self._tick != self.clock.tick or self._v is None or self._v.shape[0] != batch:
+            self._tick = self.clock.tick
+            g = self.gate
+            logits = g.logits.expand(batch, -1).contiguous()
+            hard, _ = _HardConcrete.apply(logits, g.tau)
+            g._p = None  # the penalty takes σ(θ) of the logits themselves
+            self._v = torch.cat([self._leaky(hard), hard.new_ones(batch, 1)], 1)
+        return self._v
+
+    def _leaky(self, hard: torch.Tensor) -> torch.Tensor:
+        """A training sample with closed channels passing ``leak`` of their output (see the
+        ``closed_leak`` hyperparameter); the gradient to the gates is unchanged but for the
+        factor ``1 − leak``."""
+        return hard if self.leak == 0 else hard * (1.0 - self.leak) + self.leak
+
     def clear_cache(self) -> None:
         self._v, self._tick = None, -1
+
+
+class _SampleMask:
+    """Forward hook: the output's channels times this pass's per-example gates (while the gate
+    samples with ``noise: sample``)."""
+
+    def __init__(self, source: _GatedChannels, name: str, perm: torch.Tensor, last: bool):
+        self.source, self.name, self.perm, self.last = source, name, perm, last
+
+    def __call__(self, module: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor | None:
+        if not self.source.gate._sampling():
+            return None
+        axis = out.dim() - 1 if self.last else 1
+        if out.dim() < 2 or out.shape[axis] != len(self.perm):
+            raise RuntimeError(
+                f"gumbel noise 'sample' needs {self.name}'s output as (batch, channels, ...), "
+                f"but got shape {tuple(out.shape)}; use noise 'batch' for this model."
+            )
+        m = self.source.matrix(out.shape[0])[:, self.perm.to(out.device)]
+        shape = [out.shape[0]] + [1] * (out.dim() - 1)
+        shape[axis] = len(self.perm)
+        return out * m.view(shape).to(out.dtype)
+
+
+def _sample_hooks(
+    model: nn.Module, topology: Topology, source: _GatedChannels
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register :class:`_SampleMask` on every module whose output closes a channel: the
+    groups' norms, and producers that feed no norm of their group."""
+    names: dict[str, None] = {}
+    for g in topology.groups:
+        names.update((n.name, None) for n in g.norms)
+        names.update((p.name, None) for p in g.producers if p.name not in g.normed)
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+        w = raw_param(module, "weight")
+        rows = w.shape[0] if w is not None else module.num_features  # a norm without affine
+        perm = member_perm(topology, name, rows)
+        hook = _SampleMask(source, name, perm, last=isinstance(module, nn.Linear))
+        handles.append(module.register_forward_hook(hook))
+    return handles
 
 
 class _OpenRows(ChannelSource):
@@ -274,6 +346,20 @@ class GumbelPruning(PruningMethod):
         "granularity": Choice(
             ("weight", "neuron"), "weight", help="one gate per weight or per hidden neuron/channel"
         ),
+        "noise": Choice(
+            ("batch", "sample"),
+            "batch",
+            help="neuron gates: one mask draw per batch, or one per example (channel dropout "
+            "with learned rates: lower-variance gradients for weights and gates)",
+        ),
+        "closed_leak": Float(
+            0.0,
+            0.1,
+            0.0,
+            help="neuron gates, training samples only: a closed channel passes this share of "
+            "its output, so an activation after it (ReLU: gradient 0 at 0) still passes its "
+            "gate the gradient of reopening it (evaluation and export: exactly 0)",
+        ),
         "schedule": Choice(SCHEDULES, "exponential", help="temperature annealing schedule"),
         "tau_start": Float(0.05, 10.0, 1.0, log=True, help="temperature at the start"),
         "tau_end": Float(0.01, 10.0, 0.1, log=True, help="temperature at the end of annealing"),
@@ -284,6 +370,14 @@ class GumbelPruning(PruningMethod):
         "lam": Float(1e-4, 1e3, 1.0, log=True, help="sparsity penalty weight λ"),
         "target_density": Float(
             1e-4, 1.0, 0.01, log=True, help="target kept fraction (penalty 'target')"
+        ),
+        "target_ramp": Float(
+            0.0,
+            1.0,
+            0.0,
+            help="fraction of training over which the target falls from 1 to target_density "
+            "on a cubic schedule, so the gates settle on a trained network (penalty 'target'; "
+            "0 = the target from the first step)",
         ),
         "warmup_epochs": Float(
             0.0, 100.0, 0.0, help="epochs over which λ ramps up linearly from 0"
@@ -330,8 +424,13 @@ class GumbelPruning(PruningMethod):
         if self.neuron:
             gate = GumbelGate((topo.channels,), init).to(device)
             self.gates["channels"] = gate
-            self._source: ChannelSource = _GatedChannels(gate, self.clock)
-            attach_channel_masks(model, topo, self._source, rows=True)
+            source = _GatedChannels(
+                gate, self.clock, per_sample=c["noise"] == "sample", leak=c["closed_leak"]
+            )
+            self._source: ChannelSource = source
+            attach_channel_masks(model, topo, source, rows=True)
+            if source.per_sample:
+                self._hooks = _sample_hooks(model, topo, source)
         else:
             extras, self._const = topo.weight_gating_terms()
             self._extras: dict[str, float] = {}  # root layer → bias/norm entries per channel
@@ -350,6 +449,14 @@ class GumbelPruning(PruningMethod):
         self._step = 0
         self._epoch = 0
         self._set_tau(0)
+
+    _hooks: ClassVar[list[torch.utils.hooks.RemovableHandle]] = []
+
+    def detach(self) -> None:
+        """Remove the per-example mask hooks (before the masks are baked for fine-tuning)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     # -- schedule -----------------------------------------------------------------------------
     def _set_tau(self, step: int) -> None:
@@ -418,6 +525,16 @@ class GumbelPruning(PruningMethod):
         progress = self._step / max(1, self.ctx.steps_per_epoch) / warm
         return self.config["lam"] * min(1.0, progress)
 
+    def target_now(self) -> float:
+        """The target density at this step: ``target_density`` after ``target_ramp``; before,
+        ``t + (1 − t)(1 − step/ramp)³`` (Zhu & Gupta 2017's cubic schedule: most of the
+        pruning early, small steps as the budget nears)."""
+        t = self.config["target_density"]
+        ramp = self.config["target_ramp"] * self.ctx.total_steps
+        if ramp <= 0 or self._step >= ramp:
+            return t
+        return t + (1.0 - t) * (1.0 - self._step / ramp) ** 3
+
     # -- penalty ------------------------------------------------------------------------------
     def expected_params(self) -> torch.Tensor:
         """E[kept parameters] under the current keep probabilities (:meth:`Topology.count`'s
@@ -454,7 +571,7 @@ class GumbelPruning(PruningMethod):
         density = self.expected_params() / self.dense_count
         self._last_density = float(density.detach())
         if self.config["penalty"] == "target":
-            density = (density - self.config["target_density"]).abs()
+            density = (density - self.target_now()).abs()
         budget = self.config["mac_density"]
         if budget < 1.0 and self.ctx.topology.dense_macs > 0:
             macs = self.expected_macs() / self.ctx.topology.dense_macs
@@ -486,6 +603,11 @@ class GumbelPruning(PruningMethod):
         return {
             "temperature": float(self.tau),
             "lambda": float(self.lam_now()),
+            **(
+                {"target": self.target_now()}
+                if self.config["penalty"] == "target" and self.config["target_ramp"] > 0
+                else {}
+            ),
             "expected_density": float(getattr(self, "_last_density", float("nan"))),
             **(
                 {"cap_threshold": next(iter(self.gates.values())).threshold}

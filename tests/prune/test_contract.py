@@ -22,6 +22,7 @@ from prunetune.datasets import batches, load_dataset
 from prunetune.models import build_model, cnn_spec, mlp_spec
 from prunetune.prune import (
     METHODS,
+    PruneContext,
     Topology,
     TrainConfig,
     count_params,
@@ -317,6 +318,48 @@ def test_gumbel_neuron_gates_close_channels_after_the_norm_so_resnet_shrinks():
                 == int(topology.group_slice(live, g).sum())
             )
     assert sum(p.numel() for p in ex.model.parameters()) < topology.dense
+
+
+@pytest.mark.parametrize(
+    "model_name",
+    [pytest.param(m, marks=() if m in FAST_ZOO else (pytest.mark.slow,)) for m in sorted(ZOO)],
+)
+def test_gumbel_per_example_channel_noise_on_every_zoo_model(model_name):
+    """``noise: sample`` hooks every output that closes a channel (norms, unnormed producers,
+    Linear channels last): in training, identical inputs get different outputs; the gates get
+    gradients; evaluation and export are the deterministic masks'."""
+    cfg = {
+        "name": "gumbel",
+        "granularity": "neuron",
+        "noise": "sample",
+        "closed_leak": 0.01,
+        "init_keep_prob": 0.5,
+    }
+    model, x = ZOO[model_name]()
+    method = make_method(cfg)
+    method.attach(
+        model,
+        PruneContext.for_model(
+            model,
+            tuple(x.shape[1:]),
+            epochs=1,
+            steps_per_epoch=1,
+            sample_batch=None,
+            topology=Topology.build(model, x),
+        ),
+    )
+    model.train()
+    torch.manual_seed(0)
+    out = model(x[:1].expand(8, *x.shape[1:]))
+    assert not torch.allclose(out, out[:1].expand_as(out))
+    out.square().sum().backward()
+    grad = method.gates["channels"].logits.grad
+    assert bool(torch.isfinite(grad).all()) and int(grad.ne(0).sum()) > 0
+    model, x, method, topology = train_on_zoo(model_name, cfg)
+    ex = export_compact(model, method.masks(), topology=topology)
+    model.eval()
+    with torch.no_grad():
+        assert (model(x) - ex.model(x)).abs().max().item() <= 1e-4
 
 
 def test_a_group_with_every_channel_dead_keeps_one_zero_channel_and_is_collapsed():

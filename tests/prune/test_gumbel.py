@@ -9,7 +9,7 @@ import torch
 
 from prunetune.models import build_model, mlp_spec
 from prunetune.prune import PruneContext, _fused, make_method
-from prunetune.prune._topology import raw_weight
+from prunetune.prune._topology import raw_param, raw_weight
 from prunetune.prune.gumbel import GumbelGate, _HardConcrete, _MaskedWeight, temperature
 
 
@@ -327,6 +327,28 @@ def test_penalty_warmup_and_target():
     assert method.penalty().item() == pytest.approx(2.0 * abs(density - 0.1), rel=1e-5)
 
 
+def test_target_ramp_is_cubic_from_one_to_the_target():
+    spec = mlp_spec((2,), [1], 1)
+    model = build_model(spec)
+    cfg = {"name": "gumbel", "lam": 4.0, "penalty": "target", "target_density": 0.1}
+    method = make_method({**cfg, "target_ramp": 0.5})
+    method.attach(model, _ctx(model, (2,), epochs=4, steps=10))  # 40 steps, ramp over 20
+    density = method.expected_params().item() / method.dense_count
+    assert method.target_now() == pytest.approx(1.0)
+    assert method.penalty().item() == pytest.approx(4.0 * abs(density - 1.0), rel=1e-5)
+    method.on_step(10)  # half-way: 0.1 + 0.9 · (1 − ½)³
+    assert method.target_now() == pytest.approx(0.2125)
+    assert method.stats()["target"] == pytest.approx(0.2125)
+    assert method.penalty().item() == pytest.approx(4.0 * abs(density - 0.2125), rel=1e-5)
+    for step in (20, 39):  # the ramp's end and after
+        method.on_step(step)
+        assert method.target_now() == pytest.approx(0.1)
+    plain, model = make_method(cfg), build_model(spec)
+    plain.attach(model, _ctx(model, (2,), epochs=4, steps=10))
+    assert plain.target_now() == 0.1
+    assert "target" not in plain.stats()
+
+
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
@@ -588,3 +610,91 @@ def test_expected_macs_weight_granularity_hand_computed():
         method.gates["2"].logits.fill_(math.log(3.0))  # p = ¾ of 72, at 25
         method.gates["5"].logits.fill_(0.0)  # p = ½ of 150, at 1
     assert method.expected_macs().item() == pytest.approx(36 * 0.5 * 25 + 72 * 0.75 * 25 + 75)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.01])
+@pytest.mark.parametrize("noise", ["batch", "sample"])
+def test_channel_noise_hand_computed(mask_path, noise, leak):
+    """``noise: sample``: example ``b`` of the batch runs with its own channel mask
+    ``1[u_bc < σ(θ_c)]`` (``batch``: one mask for all); the gate's gradient sums the examples'
+    concrete gradients. With ``closed_leak`` a closed channel passes ``leak`` of its output in
+    training."""
+    torch.manual_seed(0)
+    model = build_model(mlp_spec((3,), [4], 2))
+    method = make_method(
+        {
+            "name": "gumbel",
+            "granularity": "neuron",
+            "noise": noise,
+            "tau_start": 0.7,
+            "closed_leak": leak,
+        }
+    )
+    method.attach(model, _ctx(model, (3,)))
+    gate = method.gates["channels"]
+    with torch.no_grad():
+        gate.logits.copy_(torch.tensor([0.3, -0.2, 1.0, 0.0]))
+    x = torch.randn(6, 3)
+    model.train()
+    state = torch.get_rng_state()
+    out = model(x)
+    out.sum().backward()
+    u = _replayed_uniforms((6, 4) if noise == "sample" else (4,), state)
+    theta = gate.logits.detach()
+    masks = (u < torch.sigmoid(theta)).float().expand(6, 4)
+    assert 0 < masks.sum() < masks.numel()
+    assert bool((masks == masks[0]).all()) == (noise == "batch")
+    lin1, lin2 = model[0], model[2]
+    h = torch.relu(x @ raw_weight(lin1).T + raw_param(lin1, "bias")).detach()
+    w2 = raw_weight(lin2).detach()
+    leaky = masks * (1 - leak) + leak
+    assert torch.allclose(out, (h * leaky) @ w2.T + lin2.bias, atol=1e-6)
+    y = torch.sigmoid((theta + torch.log1p(-u) - torch.log(u)) / method.tau)
+    # the gate closes the Linear's output, before the ReLU: without a leak a closed channel's
+    # ReLU input is 0, where ReLU's gradient is 0, so only the examples that keep it move its
+    # gate; with a leak every example does (scaled by 1 − leak)
+    passes = masks if leak == 0 else torch.full_like(masks, 1 - leak)
+    grad = (h * passes * w2.sum(0) * y.expand(6, 4) * (1 - y) / method.tau).sum(0)
+    assert torch.allclose(gate.logits.grad, grad, rtol=1e-4, atol=1e-6)
+    # evaluation and frozen masks are the deterministic ones, for every example alike
+    model.eval()
+    assert torch.allclose(model(x), (h * (theta > 0)) @ w2.T + lin2.bias, atol=1e-6)
+
+
+def test_sample_noise_trains_fine_tunes_and_exports_a_resnet():
+    """Per-example gates through BatchNorm and residual adds: training changes the masks,
+    the fine-tune phase runs without the hooks, and the compact model is the masked one."""
+    from types import SimpleNamespace
+
+    from prunetune.models import build_family
+    from prunetune.prune import Topology, TrainConfig, export_compact, train
+
+    torch.manual_seed(0)
+    model = build_family("resnet", (1, 12, 12), 3, depth=8, channels=[4])
+    x, y = torch.randn(32, 1, 12, 12), torch.randint(0, 3, (32,))
+    data = SimpleNamespace(input_shape=(1, 12, 12), x_train=x, y_train=y, x_val=x, y_val=y)
+    topology = Topology.build(model, x[:2])
+    method = make_method(
+        {
+            "name": "gumbel",
+            "granularity": "neuron",
+            "noise": "sample",
+            "penalty": "target",
+            "target_density": 0.3,
+            "lam": 20.0,
+            "logit_lr": 0.3,
+        }
+    )
+    cfg = TrainConfig(epochs=3, batch_size=8, seed=0, finetune_epochs=1)
+    result = train(model, method, data, cfg, topology=topology)
+    assert method._hooks == []  # detached before the fine-tune phase
+    model.train()
+    xs = x[:1].expand(4, -1, -1, -1)
+    with torch.no_grad():
+        out = model(xs)
+    assert torch.equal(out, out[:1].expand_as(out))  # no per-example noise left
+    masks = result.method.masks()
+    ex = export_compact(model, masks, topology=topology)
+    assert ex.params < ex.params_dense
+    model.eval()
+    assert (ex.model(x) - model(x)).abs().max().item() <= 1e-4

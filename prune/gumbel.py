@@ -237,9 +237,13 @@ class _GatedChannels(ChannelSource):
         h = g.hard()
         return torch.cat([h, h.new_ones(1)])
 
-    def matrix(self, batch: int) -> torch.Tensor:
-        """This forward pass's per-example masks, ``(batch, channels + 1)`` (last column 1)."""
-        if self._tick != self.clock.tick or self._v is None or self._v.shape[0] != batch:
+    def matrix(self, batch: int) -> torch.Tensor | None:
+        """This forward pass's per-example masks, ``(batch, channels + 1)`` (last column 1);
+        None when an earlier output of this pass had another batch size (the members of a
+        channel must share one draw)."""
+        if self._tick == self.clock.tick and self._v is not None and self._v.shape[0] != batch:
+            return None
+        if self._tick != self.clock.tick or self._v is None:
             self._tick = self.clock.tick
             g = self.gate
             logits = g.logits.expand(batch, -1).contiguous()
@@ -269,12 +273,14 @@ class _SampleMask:
         if not self.source.gate._sampling():
             return None
         axis = out.dim() - 1 if self.last else 1
-        if out.dim() < 2 or out.shape[axis] != len(self.perm):
+        v = self.source.matrix(out.shape[0]) if out.dim() >= 2 else None
+        if v is None or out.shape[axis] != len(self.perm):
             raise RuntimeError(
-                f"gumbel noise 'sample' needs {self.name}'s output as (batch, channels, ...), "
-                f"but got shape {tuple(out.shape)}; use noise 'batch' for this model."
+                f"gumbel noise 'sample' needs {self.name}'s output as (batch, channels, ...) "
+                f"with the batch of the rest of the forward pass, but got shape "
+                f"{tuple(out.shape)}; use noise 'batch' for this model."
             )
-        m = self.source.matrix(out.shape[0])[:, self.perm.to(out.device)]
+        m = v[:, self.perm.to(out.device)]
         shape = [out.shape[0]] + [1] * (out.dim() - 1)
         shape[axis] = len(self.perm)
         return out * m.view(shape).to(out.dtype)

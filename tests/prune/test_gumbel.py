@@ -698,3 +698,20 @@ def test_sample_noise_trains_fine_tunes_and_exports_a_resnet():
     assert ex.params < ex.params_dense
     model.eval()
     assert (ex.model(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_sample_noise_rejects_an_output_with_another_batch_naming_the_layer():
+    """The members of a channel share one per-example draw per forward pass: an output whose
+    leading dimension is not the pass's batch (e.g. tokens folded into it) is an error."""
+    torch.manual_seed(0)
+    model = build_model(mlp_spec((3,), [4], 2))
+    method = make_method({"name": "gumbel", "granularity": "neuron", "noise": "sample"})
+    method.attach(model, _ctx(model, (3,)))
+    model.train()
+    hook = next(iter(model[0]._forward_hooks.values()))
+    method.clock.tick += 1  # a new forward pass
+    assert hook(model[0], (), torch.ones(5, 4)).shape == (5, 4)
+    with pytest.raises(RuntimeError, match=r"needs 0's output .* got shape \(7, 4\)"):
+        hook(model[0], (), torch.ones(7, 4))
+    model.eval()  # no sampling: no hook at work
+    assert hook(model[0], (), torch.ones(7, 4)) is None

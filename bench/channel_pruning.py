@@ -22,14 +22,16 @@ keeps about the same share of the MACs).
 
     .venv/bin/python bench/channel_pruning.py                         # ~14 min on 2 quiet cores
     .venv/bin/python bench/channel_pruning.py --train-size 2000 --epochs 1   # a quick look
+    .venv/bin/python bench/channel_pruning.py --budgets 0.25 --seed 0 1 2 3  # means, ~27 min
 
 Last stdout line: {"rows": [{"method", "params_pct", "test_accuracy", "macs",
-"latency_ratio"}, ...]}
+"latency_ratio"}, ...]} (with several seeds, each row is a method's mean at a budget)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -48,6 +50,7 @@ from prunetune.models import build_family
 from prunetune.prune import Topology, TrainConfig, evaluate, export_compact, make_method, train
 
 BUDGETS = (0.5, 0.25)
+BATCH = 128
 # Found by single runs at 25% (docs/methods.md, "Benchmarks"): gates start nearly open (little
 # drop noise while the weights learn), λ ramps up over the first epoch, the gates move fast and
 # freeze at 40% of the steps, held to the budget (max_density), so the weights train the last
@@ -115,7 +118,15 @@ def main() -> None:
         help="the weights' learning rate, both methods (constant: the last epoch's validation "
         "accuracy swings by ±3 points, more than the methods differ)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one or more seeds; with several, the printed verdict and the last line's rows are "
+        "per-method means over the seeds (one run of this bench cannot separate the methods: "
+        "docs/methods.md)",
+    )
     ap.add_argument("--reps", type=int, default=10, help="latency repetitions")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--set", nargs="*", default=[], help="Gumbel overrides KEY=VALUE")
@@ -137,21 +148,14 @@ def main() -> None:
         x_val=data.x_val[vdx],
         y_val=data.y_val[vdx],
     )
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=128,
-        lr=args.lr,
-        seed=args.seed,
-        lr_schedule=args.lr_schedule,
-    )
 
-    def build() -> nn.Module:
-        torch.manual_seed(args.seed)
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
         return build_family(
             "resnet", data.input_shape, data.num_outputs, depth=args.depth, channels=[args.width]
         )
 
-    dense = build()
+    dense = build(args.seed[0])
     x256 = data.x_test[:256]
     dense_latency = latency(dense, x256, args.reps)
     dense_macs = macs(dense, x256)
@@ -163,53 +167,67 @@ def main() -> None:
     )
 
     rows = []
-    for budget in args.budgets:
-        for name in args.methods:
-            if name == "gumbel":
-                method_cfg = {
-                    "target_density": budget,
-                    "max_density": budget,
-                    "mac_density": min(1.0, MAC_RATIO * budget),
-                    **gumbel,
-                }
-            else:
-                method_cfg = {"name": name, "neurons": math.sqrt(budget)}
-            model = build()
-            topology = Topology.build(model, sub.x_train[:2])
-            method = make_method(method_cfg)
-            t0 = time.perf_counter()
-            result = train(
-                model,
-                method,
-                sub,
-                cfg,
-                batches=lambda gen: batches(
-                    sub.x_train, sub.y_train, cfg.batch_size, generator=gen
-                ),
-                topology=topology,
-                report=lambda r, n=name, b=budget: print(f"  {n} @{b:.0%} {r}", flush=True),
-            )
-            ex = export_compact(model, method.masks(), topology=topology)
-            acc = evaluate(ex.model, data.x_test, data.y_test)
-            row = {
-                "method": name,
-                "budget": budget,
-                "params": ex.params,
-                "params_pct": 100 * ex.params / ex.params_dense,
-                "test_accuracy": acc,
-                "val_accuracy": result.history[-1]["val_accuracy"],
-                "macs": macs(ex.model, x256),
-                # dense and compact timed back to back, so a change of load shifts both
-                "latency_ratio": latency(ex.model, x256, args.reps)
-                / latency(dense, x256, args.reps),
-                "train_s": time.perf_counter() - t0,
+    for seed, budget, name in itertools.product(args.seed, args.budgets, args.methods):
+        cfg = TrainConfig(
+            epochs=args.epochs,
+            batch_size=BATCH,
+            lr=args.lr,
+            seed=seed,
+            lr_schedule=args.lr_schedule,
+        )
+        if name == "gumbel":
+            method_cfg = {
+                "target_density": budget,
+                "max_density": budget,
+                "mac_density": min(1.0, MAC_RATIO * budget),
+                **gumbel,
             }
-            rows.append(row)
-            print(row, flush=True)
+        else:
+            method_cfg = {"name": name, "neurons": math.sqrt(budget)}
+        model = build(seed)
+        topology = Topology.build(model, sub.x_train[:2])
+        method = make_method(method_cfg)
+        t0 = time.perf_counter()
+        result = train(
+            model,
+            method,
+            sub,
+            cfg,
+            batches=lambda gen: batches(sub.x_train, sub.y_train, BATCH, generator=gen),
+            topology=topology,
+            report=lambda r, n=name, b=budget: print(f"  {n} @{b:.0%} {r}", flush=True),
+        )
+        ex = export_compact(model, method.masks(), topology=topology)
+        acc = evaluate(ex.model, data.x_test, data.y_test)
+        row = {
+            "method": name,
+            "seed": seed,
+            "budget": budget,
+            "params": ex.params,
+            "params_pct": 100 * ex.params / ex.params_dense,
+            "test_accuracy": acc,
+            "val_accuracy": result.history[-1]["val_accuracy"],
+            "macs": macs(ex.model, x256),
+            # dense and compact timed back to back, so a change of load shifts both
+            "latency_ratio": latency(ex.model, x256, args.reps) / latency(dense, x256, args.reps),
+            "train_s": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        print(row, flush=True)
 
     cols = ["method", "budget", "params", "params_pct", "test_accuracy", "macs", "latency_ratio"]
-    print_table(rows, [*cols, "train_s"], title="Channel pruning, ResNet-20 on Fashion-MNIST")
+    print_table(
+        rows, ["seed", *cols, "train_s"], title="Channel pruning, ResNet-20 on Fashion-MNIST"
+    )
     write_csv("channel_pruning.csv", rows)
+    if len(args.seed) > 1:  # per method and budget, the means over the seeds
+        runs, rows = rows, []
+        for budget, name in itertools.product(args.budgets, args.methods):
+            group = [r for r in runs if r["method"] == name and r["budget"] == budget]
+            row = {k: statistics.fmean(r[k] for r in group) for k in cols[2:]}
+            row["test_accuracy_sd"] = statistics.stdev(r["test_accuracy"] for r in group)
+            rows.append({"method": name, "budget": budget, **row})
+        print_table(rows, [*cols, "test_accuracy_sd"], title=f"Means over seeds {args.seed}")
     for budget in args.budgets if len(args.methods) == 2 else ():
         gb = next(r for r in rows if r["method"] == "gumbel" and r["budget"] == budget)
         mb = next(r for r in rows if r["method"] == "magnitude_neuron" and r["budget"] == budget)

@@ -17,6 +17,11 @@ definition). The cap is set before every validation, at ``freeze_at`` and for ex
 evaluated is what is exported; the weights adapt to it during ``freeze_at``'s frozen stretch or a
 fine-tune phase.
 
+Channel gates (also additions): ``noise: sample`` draws one mask per example rather than one per
+batch; ``closed_leak`` lets a closed channel pass a small share of its output in training, so
+that a ReLU after the gate (gradient 0 at 0) still passes it the gradient of reopening the
+channel; ``target_ramp`` lowers the target density from 1 on a cubic schedule.
+
 Example:
     >>> from prunetune.prune import make_method
     >>> method = make_method({"name": "gumbel", "lam": 2.0, "granularity": "weight"})
@@ -436,7 +441,7 @@ class GumbelPruning(PruningMethod):
             self._source: ChannelSource = source
             attach_channel_masks(model, topo, source, rows=True)
             if source.per_sample:
-                self._hooks = _sample_hooks(model, topo, source)
+                self._hooks = tuple(_sample_hooks(model, topo, source))
         else:
             extras, self._const = topo.weight_gating_terms()
             self._extras: dict[str, float] = {}  # root layer → bias/norm entries per channel
@@ -456,13 +461,13 @@ class GumbelPruning(PruningMethod):
         self._epoch = 0
         self._set_tau(0)
 
-    _hooks: ClassVar[list[torch.utils.hooks.RemovableHandle]] = []
+    _hooks: tuple[torch.utils.hooks.RemovableHandle, ...] = ()  # noise 'sample' hooks
 
     def detach(self) -> None:
         """Remove the per-example mask hooks (before the masks are baked for fine-tuning)."""
         for h in self._hooks:
             h.remove()
-        self._hooks = []
+        self._hooks = ()
 
     # -- schedule -----------------------------------------------------------------------------
     def _set_tau(self, step: int) -> None:

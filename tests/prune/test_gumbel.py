@@ -687,7 +687,7 @@ def test_sample_noise_trains_fine_tunes_and_exports_a_resnet():
     )
     cfg = TrainConfig(epochs=3, batch_size=8, seed=0, finetune_epochs=1)
     result = train(model, method, data, cfg, topology=topology)
-    assert method._hooks == []  # detached before the fine-tune phase
+    assert method._hooks == ()  # detached before the fine-tune phase
     model.train()
     xs = x[:1].expand(4, -1, -1, -1)
     with torch.no_grad():

@@ -285,7 +285,9 @@ class _SampleMask:
                 f"with the batch of the rest of the forward pass, but got shape "
                 f"{tuple(out.shape)}; use noise 'batch' for this model."
             )
-        m = v[:, self.perm.to(out.device)]
+        if self.perm.device != out.device:  # once, not a copy per step
+            self.perm = self.perm.to(out.device)
+        m = v[:, self.perm]
         shape = [out.shape[0]] + [1] * (out.dim() - 1)
         shape[axis] = len(self.perm)
         return out * m.view(shape).to(out.dtype)

@@ -581,16 +581,7 @@ def test_expected_macs_on_hard_keeps_are_the_compact_models(name):
     topo = Topology.build(model, x)
     assert topo.dense_macs == _hook_macs(model, x)
     method = make_method({"name": "gumbel", "granularity": "neuron"})
-    method.attach(
-        model,
-        PruneContext.for_model(
-            model,
-            tuple(x.shape[1:]),
-            epochs=1,
-            steps_per_epoch=1,
-            sample_batch=lambda k: (torch.randn(k, *x.shape[1:]), torch.zeros(k, dtype=torch.long)),
-        ),
-    )
+    method.attach(model, _ctx(model, tuple(x.shape[1:]), epochs=1, steps=1))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         logits = method.gates["channels"].logits

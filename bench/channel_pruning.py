@@ -25,7 +25,8 @@ keeps about the same share of the MACs).
     .venv/bin/python bench/channel_pruning.py --budgets 0.25 --seed 0 1 2 3  # means, ~27 min
 
 Last stdout line: {"rows": [{"method", "params_pct", "test_accuracy", "macs",
-"latency_ratio"}, ...]} (with several seeds, each row is a method's mean at a budget)
+"latency_ratio"}, ...]} (with several seeds, each row is a method's mean at a budget, and the
+verdict lines above it give Gumbel's paired difference by seed with its standard error)
 """
 
 from __future__ import annotations
@@ -228,6 +229,18 @@ def main() -> None:
             row["test_accuracy_sd"] = statistics.stdev(r["test_accuracy"] for r in group)
             rows.append({"method": name, "budget": budget, **row})
         print_table(rows, [*cols, "test_accuracy_sd"], title=f"Means over seeds {args.seed}")
+        for budget in args.budgets if set(args.methods) == {"gumbel", "magnitude_neuron"} else ():
+            # paired by seed (same initialisation and batches): the runs' shared noise cancels
+            acc = {
+                (r["method"], r["seed"]): r["test_accuracy"] for r in runs if r["budget"] == budget
+            }
+            d = [100 * (acc["gumbel", s] - acc["magnitude_neuron", s]) for s in args.seed]
+            se = statistics.stdev(d) / math.sqrt(len(d))
+            print(
+                f"{budget:.0%}: gumbel − magnitude_neuron {statistics.fmean(d):+.2f} ± {se:.2f} "
+                f"points (paired mean ± its standard error over {len(d)} seeds); gumbel ahead "
+                f"or level in {sum(x >= 0 for x in d)} of {len(d)}"
+            )
     for budget in args.budgets if len(args.methods) == 2 else ():
         gb = next(r for r in rows if r["method"] == "gumbel" and r["budget"] == budget)
         mb = next(r for r in rows if r["method"] == "magnitude_neuron" and r["budget"] == budget)

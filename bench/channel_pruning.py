@@ -136,7 +136,13 @@ def main() -> None:
     gumbel = dict(GUMBEL)
     for kv in args.set:
         k, _, v = kv.partition("=")
-        gumbel[k] = type(GUMBEL[k])(v) if k in GUMBEL else float(v)
+        if k in GUMBEL:
+            gumbel[k] = type(GUMBEL[k])(v)
+        else:  # a number, or a choice's name
+            try:
+                gumbel[k] = float(v)
+            except ValueError:
+                gumbel[k] = v
 
     data = load_dataset("fashion-mnist", data_dir=args.data_dir)
     g = torch.Generator().manual_seed(1234)

@@ -151,7 +151,7 @@ class GumbelGate(nn.Module):
         self._sample: torch.Tensor | None = None
         self._p: torch.Tensor | None = None  # σ(θ) of the current step, shared with the penalty
         self._expected: torch.Tensor | None = None  # this step's count (per-weight gates)
-        self.threshold = 0.0  # deterministic mask: θ > threshold (> 0 under ``max_density``)
+        self.threshold = 0.0  # deterministic mask: θ > threshold (set by ``max_density``)
 
     frozen = False  # after ``freeze_at``: the deterministic mask, in training too
 
@@ -412,6 +412,13 @@ class GumbelPruning(PruningMethod):
             help="cap on the kept fraction of the deterministic masks: the largest logits are "
             "kept up to this share of the dense count (1 = no cap)",
         ),
+        "cap_mode": Choice(
+            ("open", "fill"),
+            "open",
+            help="max_density keeps the open gates (θ > 0) up to the cap ('open'), or the "
+            "largest logits up to the cap whatever their sign ('fill': the budget is spent even "
+            "where gates are undecided at θ ≈ 0)",
+        ),
         "mac_density": Float(
             1e-4,
             1.0,
@@ -511,17 +518,20 @@ class GumbelPruning(PruningMethod):
     def apply_cap(self) -> None:
         """Set every gate's threshold to the smallest ``t ≥ 0`` at which ``θ > t`` keeps at
         most ``max_density`` of the dense count (binary search over the positive logits; the
-        count only grows as ``t`` falls). No-op without a cap, and once frozen and set."""
+        count only grows as ``t`` falls); with ``cap_mode: fill`` and room under the cap, to
+        the smallest ``t < 0`` that still fits (over the other logits). No-op without a cap,
+        and once frozen and set."""
         cap = self.config["max_density"]
         if cap >= 1.0 or (self.frozen and self._cap_set):
             return
         self._cap_set = self.frozen
         limit = cap * self.dense_count
         t = 0.0
-        if self._count_above(0.0) > limit:
+        over = self._count_above(0.0) > limit
+        if over or self.config["cap_mode"] == "fill":
             v = torch.cat([g.logits.detach().flatten() for g in self.gates.values()])
-            v = v[v > 0].sort(descending=True).values.cpu()
-            if len(v) == 0:  # the cap is below what no gate at all keeps
+            v = (v[v > 0] if over else v[v <= 0]).sort(descending=True).values.cpu()
+            if len(v) == 0:  # over: the cap is below what no gate at all keeps
                 v = torch.zeros(1)
             # θ > v[i] keeps the i largest; the first i that breaks the cap, then one before it
             k = bisect.bisect_left(

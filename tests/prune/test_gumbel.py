@@ -423,6 +423,28 @@ def test_max_density_caps_the_deterministic_masks_hand_computed():
         assert torch.equal(model[2].weight, masks["2"].weight)
 
 
+def test_cap_mode_fill_spends_the_budget_on_the_largest_closed_logits_hand_computed():
+    """2 → 2 → 1 MLP, 9 parameters; logits [[4, −3], [2, −1]] and [[1.5, −0.5]]. θ > 0 keeps 4:
+    hidden unit 1 has no kept output weight, so its kept input weight and bias do not count.
+    'fill' lowers the threshold through the closed logits while the count fits: θ > −1 adds
+    the output weight −0.5 and revives unit 1 (7); θ > −3 adds −1 too (8)."""
+    cases = [("open", 7 / 9, 0.0, 4), ("fill", 7 / 9, -1.0, 7), ("fill", 6 / 9, -0.5, 4)]
+    cases += [("fill", 8 / 9, -3.0, 8), ("fill", 1 / 9, 1.5, 1)]  # over the cap: as "open"
+    for mode, cap, threshold, kept in cases:
+        model = build_model(mlp_spec((2,), [2], 1))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0)
+        method = make_method({"name": "gumbel", "max_density": cap, "cap_mode": mode})
+        method.attach(model, _ctx(model, (2,)))
+        with torch.no_grad():
+            method.gates["0"].logits.copy_(torch.tensor([[4.0, -3.0], [2.0, -1.0]]))
+            method.gates["2"].logits.copy_(torch.tensor([[1.5, -0.5]]))
+        masks = method.masks()
+        assert method.gates["2"].threshold == threshold, (mode, cap)
+        assert _count(method, model, masks) == kept, (mode, cap)
+
+
 @pytest.mark.parametrize("granularity", ["weight", "neuron"])
 @pytest.mark.parametrize("cap", [0.3, 0.05])
 def test_max_density_keeps_the_most_it_can(granularity, cap):

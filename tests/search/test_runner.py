@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import optuna
 import pytest
 
 from prunetune.search._errors import ConfigError
-from prunetune.search.runner import RunOptions, StudyFailed, prepare_study, run_study
+from prunetune.search.runner import RunOptions, StudyFailed, _probe, prepare_study, run_study
 from prunetune.search.spec import parse_spec
 
 
@@ -312,3 +314,38 @@ def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):
     # ≤1% of 1,000 params: only the 5-parameter model (0.800); ≤100%: the best (0.900)
     assert "≤1% params: 0.800" in text and "≤100% params: 0.900" in text
     assert d.failures == ["ValueError: boom"] and not d.stop_all()  # max_failures is 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_ray_address_fails_fast_in_one_line_before_any_store(tiny_spec, tmp_path):
+    """Ray itself retries an address nobody listens at for over five minutes."""
+    port = _free_port()  # closed again: nothing listens there
+    workdir = tmp_path / "w"
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        _run(tiny_spec, workdir, ray_address=f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 30
+    assert str(err.value).startswith(
+        f"--ray-address 127.0.0.1:{port}: cannot join the Ray cluster: ConnectionError: "
+        f"nothing answers at 127.0.0.1:{port} within 10 s"
+    )
+    assert "\n" not in str(err.value)
+    assert list(workdir.iterdir()) == []  # no Optuna storage, no MLflow store
+
+
+def test_the_probe_passes_a_listening_address_and_leaves_other_forms_to_ray():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        _probe(f"127.0.0.1:{port}")
+        _probe(f"ray://127.0.0.1:{port}")
+    for address in (None, "auto", "local"):
+        _probe(address)
+    with pytest.raises(ConnectionError, match=f"nothing answers at 127.0.0.1:{port}"):
+        _probe(f"ray://127.0.0.1:{port}", timeout=2)

@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev,onnx]'
-	@touch $(STAMP)
+	@echo '$(CURDIR)' > $(STAMP)
 
+# The stamp names the checkout the editable install points at: a moved or copied checkout
+# (with its .venv) re-points it rather than testing the old folder's code.
 install: $(STAMP)
+	@grep -qxF '$(CURDIR)' $(STAMP) || { $(PIP) install -q --no-deps -e . && echo '$(CURDIR)' > $(STAMP); }
 
 demo: install
 	$(VENV)/bin/prunetune search studies/quickstart.yaml

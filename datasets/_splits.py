@@ -208,8 +208,9 @@ class Splits:
         return self.x_train[idx], self.y_train[idx]
 
     def example(self, k: int = 2) -> torch.Tensor:
-        """The first ``k`` training inputs (an example batch, e.g. to trace a model)."""
-        return self.x_train[:k]
+        """The first ``k`` training inputs (an example batch, e.g. to trace a model): a copy,
+        so that whatever keeps it (a topology, a traced graph) does not keep the training set."""
+        return self.x_train[:k].clone()
 
     def targets(self, split: str) -> torch.Tensor:
         """All targets of ``split``."""

@@ -25,6 +25,7 @@ def trainable(
     skipped: on a cluster, code travels with ``--runtime-env`` or is installed). Epochs in
     ``flush_epochs`` (an early-stopping scheduler's rungs) are reported at once. ``teachers``:
     the study's distillation teachers' weights by key (trained once, by the driver)."""
+    import gc
     import os
     import sys
 
@@ -37,6 +38,11 @@ def trainable(
         if p not in sys.path and os.path.isdir(p):
             sys.path.append(p)
 
+    # Tune reuses this process for the next trial. What a trial leaves in reference cycles
+    # (its data, model and optimizer) waits for a full collection, which a process holding
+    # torch's objects seldom runs: without these, a reused actor's memory grew by a data set
+    # per trial (bench/worker_memory.py). The previous trial may have been stopped mid-epoch.
+    gc.collect()
     t_start = time.time()
     number = int(config["trial_number"])
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -66,4 +72,6 @@ def trainable(
     }
     with tempfile.TemporaryDirectory(prefix="prunetune-trial-") as tmp:
         result.save(tmp)
+        del result
+        gc.collect()
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -83,6 +83,15 @@ def test_digits_sizes_shapes_and_values() -> None:
     assert torch.equal(sixteenths, sixteenths.round())
 
 
+def test_the_example_batch_is_a_copy_that_does_not_hold_the_training_set() -> None:
+    """A topology or a trace keeps its example batch; a view would keep the whole split."""
+    s = load_dataset("digits")
+    ex = s.example(2)
+    assert torch.equal(ex, s.x_train[:2])
+    assert ex.untyped_storage().nbytes() == 2 * 64 * 4
+    assert ex.untyped_storage().data_ptr() != s.x_train.untyped_storage().data_ptr()
+
+
 def test_digits_splits_partition_the_dataset() -> None:
     from sklearn.datasets import load_digits
 

@@ -10,7 +10,14 @@ import optuna
 import pytest
 
 from prunetune.search._errors import ConfigError
-from prunetune.search.runner import RunOptions, StudyFailed, _probe, prepare_study, run_study
+from prunetune.search.runner import (
+    RunOptions,
+    StudyFailed,
+    _probe,
+    prepare_study,
+    run_study,
+    worker_runtime_env,
+)
 from prunetune.search.spec import parse_spec
 
 
@@ -349,3 +356,25 @@ def test_the_probe_passes_a_listening_address_and_leaves_other_forms_to_ray():
         _probe(address)
     with pytest.raises(ConnectionError, match=f"nothing answers at 127.0.0.1:{port}"):
         _probe(f"ray://127.0.0.1:{port}", timeout=2)
+
+
+def test_workers_get_a_malloc_arena_cap_that_the_driver_or_the_runtime_env_changes():
+    """Reused trial workers keep their memory flat with 2 glibc arenas (bench/worker_memory.py);
+    the driver's MALLOC_ARENA_MAX, then --runtime-env's env_vars, win over that default."""
+    driver = {"PRUNETUNE_DATA": "/data", "PYTHONPATH": "/lib", "HOME": "/root"}
+    assert worker_runtime_env(None, ("/spec",), environ=driver) == {
+        "env_vars": {
+            "PRUNETUNE_DATA": "/data",
+            "MALLOC_ARENA_MAX": "2",
+            "PYTHONPATH": os.pathsep.join(["/spec", "/lib"]),
+        }
+    }
+    env = worker_runtime_env(environ={"MALLOC_ARENA_MAX": "0"})["env_vars"]
+    assert env == {"MALLOC_ARENA_MAX": "0"}  # glibc's default, as the driver asked
+    user = {"working_dir": ".", "env_vars": {"MALLOC_ARENA_MAX": "8", "PYTHONPATH": "/u"}}
+    got = worker_runtime_env(user, ("/spec",), environ={"MALLOC_ARENA_MAX": "4"})
+    assert got == {
+        "working_dir": ".",
+        "env_vars": {"MALLOC_ARENA_MAX": "8", "PYTHONPATH": os.pathsep.join(["/u", "/spec"])},
+    }
+    assert user["env_vars"]["PYTHONPATH"] == "/u"  # the caller's dict is left alone

@@ -30,6 +30,7 @@ def trainable(
     import sys
 
     import ray
+    import torch
     from ray import tune
 
     from prunetune.search.trial import run_trial
@@ -74,4 +75,6 @@ def trainable(
         result.save(tmp)
         del result
         gc.collect()
+        if torch.cuda.is_initialized():  # trials sharing a GPU (gpu: 0.25) get this one's cache
+            torch.cuda.empty_cache()
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -10,6 +10,9 @@ from typing import Any
 
 REPORT_SECONDS = 1.0  # least interval between intermediate results sent to Tune
 
+# A trial of this process ended without its closing collection: the scheduler stopped it.
+_uncollected = False
+
 
 def trainable(
     config: dict[str, Any],
@@ -41,9 +44,13 @@ def trainable(
 
     # Tune reuses this process for the next trial. What a trial leaves in reference cycles
     # (its data, model and optimizer) waits for a full collection, which a process holding
-    # torch's objects seldom runs: without these, a reused actor's memory grew by a data set
-    # per trial (bench/worker_memory.py). The previous trial may have been stopped mid-epoch.
-    gc.collect()
+    # torch's objects seldom runs: without one per trial, a reused actor's memory grew by a
+    # data set per trial (bench/worker_memory.py). A trial collects when it ends; one stopped
+    # mid-epoch leaves it to the next (a collection costs ~0.1 s).
+    global _uncollected
+    if _uncollected:
+        gc.collect()
+    _uncollected = True
     t_start = time.time()
     number = int(config["trial_number"])
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -75,6 +82,7 @@ def trainable(
         result.save(tmp)
         del result
         gc.collect()
+        _uncollected = False
         if torch.cuda.is_initialized():  # trials sharing a GPU (gpu: 0.25) get this one's cache
             torch.cuda.empty_cache()
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -146,8 +146,7 @@ def main() -> None:
         "--arms",
         nargs="+",
         default=["0", "default"],
-        help="MALLOC_ARENA_MAX of each arm (0: glibc's default, no cap; default: the runner's, "
-        "2)",
+        help="MALLOC_ARENA_MAX of each arm (0: glibc's default, no cap; default: the runner's, 2)",
     )
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=2)

@@ -16,8 +16,11 @@ Definitions:
   Members are *producers* (layers whose output rows make the channel: the convs whose outputs
   are added, a depthwise conv), *norms* (per-channel affine: BatchNorm, InstanceNorm) and
   *consumers* (layers whose input columns read the channel). A group whose channels reach the
-  model's output (no consumer reads them), or that touches a module whose parameters mix
-  channels (LayerNorm, GroupNorm, a grouped conv, an unknown layer), is fixed: never pruned.
+  model's output (no consumer reads them), or that touches a module that mixes channels
+  (LayerNorm, GroupNorm, a grouped conv, an unknown layer with parameters), is fixed: never
+  pruned. So is a group that fails the checks :meth:`Topology.build` runs on the model itself
+  (closing channels must zero exactly what their consumers read; removing them by surgery
+  must not change the output), whatever op torch-pruning could not map.
 * **Open / live**: a channel is *open* when some producer keeps a weight in its row; a closed
   channel outputs exactly zero in the masked model (its biases and norm affine parameters are
   masked too, see :mod:`prunetune.prune._masking`). It is *used* when some consumer keeps a
@@ -49,6 +52,8 @@ from torch.nn.utils import parametrize
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: Per-channel affine layers a channel group may carry (masked with the channel).
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d)
+#: Normalisations across channels: with or without affine parameters, they tie every channel.
+MIXING = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 
 
 @dataclass(frozen=True)
@@ -181,12 +186,27 @@ class Topology:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: nn.Module, example: torch.Tensor) -> Topology:
+    def build(
+        cls, model: nn.Module, example: torch.Tensor, *, like: Topology | None = None
+    ) -> Topology:
         """Trace ``model`` (plain, unmasked) on ``example`` (a batch) with autograd on, in eval
         mode (its mode is restored).
 
+        Every channel group torch-pruning proposes is checked on the model before it counts as
+        prunable: closing a random half of its channels must reach its consumers as zeros
+        exactly where they read them, and removing those channels by surgery must leave the
+        model's output unchanged (within 1e-4). A group that fails either stays fixed, with the
+        reason in :attr:`fixed`: an op torch-pruning does not map (a channel shuffle, a
+        transpose), a parameter-free normalisation across channels, a forward with hard-coded
+        channel counts.
+
+        Args:
+            like: the topology of the model this one is a copy of (export's plain copy): its
+                fixed groups stay fixed here, and the checks are not repeated.
+
         Raises:
-            ValueError: the model has no prunable layer or cannot be traced.
+            ValueError: the model has no prunable layer, cannot be traced, does not return one
+                tensor, or has a prunable layer its forward pass does not use.
         """
 
         names = {m: n for n, m in model.named_modules()}
@@ -197,19 +217,7 @@ class Topology:
             )
         if any(parametrize.is_parametrized(m) for _, m in model.named_modules()):
             raise ValueError("Topology.build needs the plain model (no masks attached yet).")
-        order: dict[str, int] = {}
-        positions: dict[str, int] = {}
-
-        def seen(name: str) -> Any:
-            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-                order.setdefault(name, len(order))
-                if isinstance(output, torch.Tensor) and output.dim() >= 2:
-                    per = output.numel() // max(1, output.shape[0] * raw_weight(module).shape[0])
-                    positions[name] = positions.get(name, 0) + per  # a layer called twice: both
-
-            return hook
-
-        hooks = [m.register_forward_hook(seen(n)) for n, m in prunable]
+        order, positions, functional = _trace_calls(model, example, prunable)
         was_training = model.training
         model.eval()
         try:
@@ -222,11 +230,6 @@ class Topology:
             ) from e
         finally:
             model.train(was_training)
-            for h in hooks:
-                h.remove()
-        for n, _ in prunable:
-            if n not in order:
-                raise ValueError(f"layer {n} is not used in the model's forward pass.")
 
         groups: list[ChannelGroup] = []
         fixed: dict[str, str] = {}
@@ -244,6 +247,11 @@ class Topology:
                 idx = torch.as_tensor(list(item.idxs), dtype=torch.long)
                 rt = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
                 member = Member(names[mod], idx, rt)
+                if names[mod] in functional:
+                    why = (
+                        f"{names[mod]} is not called as a module: {functional[names[mod]]} "
+                        "reads its weight"
+                    )
                 out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 if isinstance(mod, PRUNABLE):
                     if _kind(mod) == "grouped":
@@ -252,9 +260,11 @@ class Topology:
                 elif isinstance(mod, NORMS):
                     if mod.weight is not None:
                         norms.append(member)
-                elif any(True for _ in mod.parameters(recurse=False)):
+                elif isinstance(mod, MIXING) or any(True for _ in mod.parameters(recurse=False)):
                     why = f"{type(mod).__name__} {names[mod]} mixes or scales channels"
             size = int(raw_weight(root_mod).shape[0])
+            if root in functional:
+                why = f"{root} is not called as a module: {functional[root]} reads its weight"
             if not consumers and why is None:
                 why = "its channels are the model's output"
             if why is not None:
@@ -269,14 +279,29 @@ class Topology:
             for p in producers:
                 group_of[p.name] = gid
 
-        groups, fixed = _verify_closing(model, example, groups, fixed)
-        group_of = {p.name: g.id for g in groups for p in g.producers}
-        layers = sorted(
-            (Layer(n, m, _kind(m), group_of.get(n), order[n]) for n, m in prunable),
-            key=lambda layer: layer.order,
-        )
-        slots = _slots(model, groups, sum(g.size for g in groups))
-        return cls(model, example, layers, groups, fixed, slots, dg, positions)
+        def make(groups: list[ChannelGroup]) -> Topology:
+            groups = _renumbered(groups)
+            group_of = {p.name: g.id for g in groups for p in g.producers}
+            layers = sorted(
+                (Layer(n, m, _kind(m), group_of.get(n), order[n]) for n, m in prunable),
+                key=lambda layer: layer.order,
+            )
+            slots = _slots(model, groups, sum(g.size for g in groups))
+            return cls(model, example, layers, groups, dict(fixed), slots, dg, positions)
+
+        if like is not None:
+            for g in groups:
+                if g.root in like.fixed:
+                    fixed[g.root] = like.fixed[g.root]
+            return make([g for g in groups if g.root not in fixed])
+        probe = _probe(example)
+        groups = _verify_closing(model, probe, groups, fixed)
+        topo = make(groups)
+        failed = _surgery_failures(topo, probe, topo.groups)
+        if not failed:
+            return topo
+        fixed.update(failed)
+        return make([g for g in groups if g.root not in failed])
 
     # -- liveness -----------------------------------------------------------------------------
     def open_channels(self, masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -422,6 +447,96 @@ class Topology:
         return total
 
 
+def _trace_calls(
+    model: nn.Module, example: torch.Tensor, prunable: list[tuple[str, nn.Module]]
+) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """One forward pass of ``model`` on ``example`` (eval mode, restored): the forward order of
+    the prunable layers, their output positions per weight (``H·W`` of a conv's output, tokens
+    of a Linear on a sequence, both calls of a layer called twice), and the layers that are
+    never called but whose weight the forward reads through a parent module — the parent's
+    name and class by layer (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly).
+    These order after their parent's other submodules, and their positions are the parent
+    output's per output feature.
+
+    Raises:
+        ValueError: the forward does not return one tensor, or a prunable layer's weight is not
+            used at all.
+    """
+    calls: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}  # output shapes of the other modules
+    positions: dict[str, int] = {}
+    layer_names = {n for n, _ in prunable}
+
+    def seen(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls.setdefault(name, len(calls))
+            out = output[0] if isinstance(output, tuple) and output else output
+            if name not in layer_names:
+                if isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, tuple(out.shape))
+            elif isinstance(out, torch.Tensor) and out.dim() >= 2:
+                per = out.numel() // max(1, out.shape[0] * raw_weight(module).shape[0])
+                positions[name] = positions.get(name, 0) + per  # a layer called twice: both
+
+        return hook
+
+    hooks = [m.register_forward_hook(seen(n)) for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(example)
+    except Exception as e:
+        raise ValueError(
+            f"cannot run {type(model).__name__} on an input of shape {tuple(example.shape)}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"{type(model).__name__}.forward returns a {type(out).__name__}; prunetune needs "
+            "one tensor of outputs (logits), so wrap the model in a module whose forward "
+            "returns that tensor (e.g. out['logits'])."
+        )
+    missing = [(n, m) for n, m in prunable if n not in calls]
+    functional: dict[str, str] = {}
+    if missing:
+        weights = [raw_weight(m) for _, m in missing]
+        flags = [w.requires_grad for w in weights]
+        try:
+            for w in weights:
+                w.requires_grad_(True)
+            with torch.enable_grad():
+                total = model.eval()(example).float().sum()
+            grads = torch.autograd.grad(total, weights, allow_unused=True)
+        finally:
+            for w, f in zip(weights, flags, strict=True):
+                w.requires_grad_(f)
+            model.train(was_training)
+        for (n, m), g in zip(missing, grads, strict=True):
+            if g is None:
+                raise ValueError(
+                    f"layer {n} is not used in the model's forward pass (in eval mode, on the "
+                    "example batch)."
+                )
+            parent = n.rpartition(".")[0]
+            while parent and parent not in calls:
+                parent = parent.rpartition(".")[0]
+            functional[n] = (
+                f"{type(model.get_submodule(parent)).__name__} {parent}" if parent else "the model"
+            )
+            calls[n] = calls.get(parent, len(calls))
+            shape = shapes.get(parent, tuple(out.shape))
+            width = raw_weight(m).shape[0]
+            if len(shape) >= 2 and shape[-1] == width:
+                positions[n] = math.prod(shape) // max(1, shape[0] * width)
+    order = {n: calls[n] for n, _ in prunable}
+    return order, positions, functional
+
+
 def _normed(
     dg: Any, names: dict[nn.Module, str], producers: list[Member], norms: list[Member]
 ) -> frozenset[str]:
@@ -438,16 +553,48 @@ def _normed(
     return frozenset(out)
 
 
+def _probe(example: torch.Tensor) -> torch.Tensor:
+    """The input the group checks run on: ``example``, or random values of its shape when it
+    is a constant float tensor (a spec is validated on zeros, through which a wrong channel
+    mapping can look right)."""
+    if example.is_floating_point() and example.numel() > 1 and not bool(example.std() > 0):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(example.shape, generator=g, dtype=example.dtype).to(example.device)
+    return example
+
+
+def _closing(g: ChannelGroup) -> torch.Tensor:
+    """bool[g.size]: the channels the checks close, a fixed random half (at least one kept
+    when the group has two or more), so that a mapping that moves channels shows."""
+    gen = torch.Generator().manual_seed(g.size)
+    shut = torch.zeros(g.size, dtype=torch.bool)
+    shut[torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)]] = True
+    return shut
+
+
+def _renumbered(groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    out, offset = [], 0
+    for i, g in enumerate(groups):
+        out.append(
+            ChannelGroup(i, g.root, g.size, offset, g.producers, g.norms, g.consumers, g.normed)
+        )
+        offset += g.size
+    return out
+
+
 @torch.no_grad()
 def _verify_closing(
     model: nn.Module, example: torch.Tensor, groups: list[ChannelGroup], fixed: dict[str, str]
-) -> tuple[list[ChannelGroup], dict[str, str]]:
-    """Keep the groups whose closed channels really reach their consumers as zeros.
+) -> list[ChannelGroup]:
+    """The groups whose closed channels really reach their consumers as zeros, at the
+    positions torch-pruning says they read them; the others go to ``fixed`` with the reason.
 
     Closing a channel zeroes its producers' rows and biases and its norms' affine parameters;
     an op between them and a consumer with ``f(0) != 0`` (a sigmoid, a softplus) would turn
-    that zero into a constant, and removing the channel would change the output. Each group is
-    closed once on ``example`` (in eval mode) and its consumers' inputs are checked.
+    that zero into a constant, and removing the channel would change the output; an op that
+    moves channels (a shuffle) would put the zeros elsewhere. Each group is closed on a random
+    half of its channels (:func:`_closing`), all groups in one pass on ``example`` in eval
+    mode: a closed channel is zero whatever the other channels carry.
     """
     was_training = model.training
     model.eval()
@@ -461,48 +608,155 @@ def _verify_closing(
 
     names = {c.name for g in groups for c in g.consumers}
     hooks = [model.get_submodule(n).register_forward_pre_hook(grab(n)) for n in names]
-    kept: list[ChannelGroup] = []
+    checked: list[tuple[ChannelGroup, torch.Tensor]] = []
+    saved = []
     try:
         for g in groups:
-            saved = []
+            bad = _misplaced(model, g)
+            if bad is not None:
+                fixed[g.root] = (
+                    f"torch-pruning maps its channels onto {bad} wrongly (a transpose, reshape "
+                    "or token-mixing op between them?)"
+                )
+                continue
+            shut = _closing(g)
+            checked.append((g, shut))
             for m in (*g.producers, *g.norms):
                 mod = model.get_submodule(m.name)
+                rows = m.idx[shut[m.root]]
                 for p in ("weight", "bias"):
                     t = getattr(mod, p, None)
                     if t is not None:
-                        saved.append((t, t[m.idx].clone(), m.idx))
-                        t[m.idx] = 0
-            seen.clear()
+                        saved.append((t, t[rows].clone(), rows))
+        for t, _, rows in saved:  # every group closed at once: a zero stays a zero
+            t[rows] = 0
+        if checked:
             model(example)
-            for t, values, idx in saved:
-                t[idx] = values
-            bad = next(
-                (
-                    c.name
-                    for c in g.consumers
-                    if bool(seen[c.name].transpose(0, 1)[c.idx].ne(0).any())
-                ),
-                None,
-            )
-            if bad is None:
-                kept.append(g)
-            else:
-                fixed[g.root] = (
-                    f"its closed channels do not reach {bad} as zeros (an op with "
-                    "f(0) != 0, e.g. a sigmoid, between them)"
-                )
     finally:
+        for t, values, rows in reversed(saved):
+            t[rows] = values
         for h in hooks:
             h.remove()
         model.train(was_training)
-    offset = 0
-    out = []
-    for i, g in enumerate(kept):
-        out.append(
-            ChannelGroup(i, g.root, g.size, offset, g.producers, g.norms, g.consumers, g.normed)
-        )
-        offset += g.size
-    return out, fixed
+    kept: list[ChannelGroup] = []
+    for g, shut in checked:
+        bad = next((c.name for c in g.consumers if _reads(model, c, seen, shut).ne(0).any()), None)
+        if bad is None:
+            kept.append(g)
+        else:
+            fixed[g.root] = (
+                f"its closed channels do not reach {bad} as zeros where it reads them (an op "
+                "with f(0) != 0 such as a sigmoid, or one that moves channels, between them)"
+            )
+    return kept
+
+
+def _surgery_failures(
+    topo: Topology, example: torch.Tensor, groups: list[ChannelGroup]
+) -> dict[str, str]:
+    """Why removing channels of ``groups`` by surgery changes ``topo.model``'s output, by
+    group root: all of them are tested in one export; a failure is narrowed down by halves."""
+    if not groups:
+        return {}
+    why = _surgery_error(topo, example, groups)
+    if why is None:
+        return {}
+    if len(groups) == 1:
+        return {groups[0].root: why}
+    half = len(groups) // 2
+    found = {
+        **_surgery_failures(topo, example, groups[:half]),
+        **_surgery_failures(topo, example, groups[half:]),
+    }
+    return found or {g.root: why for g in groups}  # fails only together: keep them all
+
+
+@torch.no_grad()
+def _surgery_error(topo: Topology, example: torch.Tensor, groups: list[ChannelGroup]) -> str | None:
+    """Close :func:`_closing`'s channels of ``groups``, export, and compare the compact model
+    with the closed model on ``example``; the difference or the error, else None."""
+    from prunetune.prune._base import Mask
+    from prunetune.prune.export import export_compact
+
+    model = topo.model
+    masks: dict[str, Mask] = {}
+    saved = []
+    for g in groups:
+        shut = _closing(g)
+        if g.size < 2:
+            continue
+        for p in g.producers:
+            w = raw_weight(model.get_submodule(p.name))
+            m = masks.setdefault(p.name, Mask(torch.ones_like(w)))
+            m.weight[p.idx[shut[p.root]]] = 0
+        for m in (*g.producers, *g.norms):
+            mod = model.get_submodule(m.name)
+            rows = m.idx[shut[m.root]]
+            for name in ("weight", "bias"):
+                t = getattr(mod, name, None)
+                if t is not None:
+                    saved.append((t, t[rows].clone(), rows))
+    if not masks:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        for t, _, rows in saved:
+            t[rows] = 0
+        closed = model(example)
+    finally:
+        for t, values, rows in saved:
+            t[rows] = values
+        model.train(was_training)
+    try:
+        compact = export_compact(model, masks, example, topology=topo).model
+        out = compact(example)
+    except Exception as e:  # the compact model cannot be built or run: a hard-coded shape…
+        return f"removing its channels breaks the model ({type(e).__name__}: {_line(e)})"
+    diff = float((out - closed).abs().max()) if out.shape == closed.shape else float("inf")
+    if diff <= 1e-4 * max(1.0, float(closed.abs().max())):
+        return None
+    return f"removing its channels changes the model's output (by {diff:.3g})"
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else ""
+
+
+def _channel_dim(module: nn.Module) -> int:
+    """The dimension of a prunable layer's input and output that holds its channels: a
+    Linear's are last (``(batch, …, features)``), a conv's second."""
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def _misplaced(model: nn.Module, g: ChannelGroup) -> str | None:
+    """The first member whose indices fall outside its own channels (torch-pruning followed
+    a coupling through an op it does not map, such as a transpose), else None."""
+    members = [(m, True) for m in g.producers] + [(m, False) for m in (*g.norms, *g.consumers)]
+    for m, produces in members:
+        mod = model.get_submodule(m.name)
+        if isinstance(mod, PRUNABLE):
+            w = raw_weight(mod)
+            n = int(w.shape[0] if produces else w.shape[1] * _fan_in_groups(mod))
+        else:
+            n = int(mod.weight.shape[0])
+        if m.idx.numel() and int(m.idx.max()) >= n:
+            return m.name
+    return None
+
+
+def _fan_in_groups(module: nn.Module) -> int:
+    """Input channels per weight column (a depthwise conv's one column reads each channel)."""
+    return int(getattr(module, "groups", 1))
+
+
+def _reads(
+    model: nn.Module, c: Member, seen: dict[str, torch.Tensor], shut: torch.Tensor
+) -> torch.Tensor:
+    """Consumer ``c``'s recorded input at the positions it reads the ``shut`` channels."""
+    x = seen[c.name]
+    return x.movedim(_channel_dim(model.get_submodule(c.name)), 0)[c.idx[shut[c.root]]]
 
 
 def _numel(model: nn.Module, s: _Slot) -> int:

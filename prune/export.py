@@ -156,7 +156,7 @@ def export_compact(
             raise ValueError("export_compact needs an example batch or the model's topology.")
         example = topology.example
     example = example.to(next(plain.parameters()).device)
-    topo = Topology.build(plain, example)
+    topo = Topology.build(plain, example, like=topology)
     weights = {name: m.weight for name, m in masks.items()}
     open_ = topo.open_channels(weights)
     live = open_ & topo.used_channels(weights)

@@ -9,7 +9,8 @@ solution by controlling the Hessian's spectral radius.
 What is implemented:
 
 * **Curvature factors** (K-FAC, Martens & Grosse 2015; convolutions as in KFC, Grosse & Martens
-  2016, spatial positions treated as samples): per prunable layer, running averages (decay
+  2016, spatial positions treated as samples, and a Linear's tokens likewise on a sequence):
+  per prunable layer, running averages (decay
   ``decay``, refreshed every ``stat_every`` steps on the training batch) of
   ``A = E[ã ãᵀ]`` (``ã`` = layer input with a 1 appended for the bias) and ``G = E[g gᵀ]``
   (``g`` = per-sample gradient of the loss w.r.t. the layer's pre-activations, with the batch's
@@ -59,8 +60,12 @@ from prunetune.prune._topology import Layer, Topology, raw_bias, raw_weight
 
 
 def layer_inputs(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    """Rows ``ã`` of the input factor: ``(b, in [+1])``, or ``(b·L, C·k·k [+1])`` for a conv."""
-    if isinstance(module, nn.Conv2d):
+    """Rows ``ã`` of the input factor: ``(b, in [+1])``; ``(b·T, in [+1])`` for a Linear on a
+    sequence ``(b, …, in)`` (every position a sample, as a conv's); ``(b·L, C·k·k [+1])`` for a
+    conv."""
+    if isinstance(module, nn.Linear):
+        a = a.reshape(-1, a.shape[-1])
+    elif isinstance(module, nn.Conv2d):
         a = nn.functional.unfold(
             a, module.kernel_size, module.dilation, module.padding, module.stride
         )  # (b, C·k·k, L)
@@ -83,6 +88,8 @@ def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.
     g = g * b
     if g.dim() == 4:  # (b, out, H, W) → (b·L, out); positions summed per sample
         g = g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
+    elif g.dim() > 2:  # a Linear on a sequence: (b, …, out) → (b·T, out), the same
+        g = g.reshape(-1, g.shape[-1])
     return rows.T @ rows / rows.shape[0], g.T @ g / b
 
 
@@ -219,7 +226,11 @@ class KFACNeuronPruning(NeuronPruning):
                 )
 
     def neuron_scores(self) -> torch.Tensor:
-        if any(layer.name not in self.A for layer in self.ctx.layers):
+        incoming = self.config["saliency"] == "incoming"
+        needed = {
+            (g.producers if incoming else g.consumers)[0].name for g in self.ctx.topology.groups
+        }
+        if any(name not in self.A for name in needed):
             self._estimate()
         out = torch.zeros(self.ctx.topology.channels, dtype=torch.float64)
         by_name = self.ctx.topology.by_name

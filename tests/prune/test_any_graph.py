@@ -1,0 +1,251 @@
+"""Graphs beyond the zoo's convnets, as users bring them: a transformer encoder layer (its
+attention reads ``out_proj.weight`` without calling the module), Linear layers on token
+sequences, channel mixing without parameters, channel shuffles, and forwards prunetune cannot
+use. Every group the topology calls prunable must survive surgery: the compact model computes
+what the masked model computes; a group it cannot remove is fixed, with the reason.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunetune.datasets import batches
+from prunetune.prune import Topology, TrainConfig, count_params, export_compact, make_method, train
+from prunetune.prune.kfac import factors
+
+
+class Encoder(nn.Module):
+    """Patch embedding, one ``nn.TransformerEncoderLayer`` (16 tokens of width 32), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 32, 4, stride=4)
+        self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (b, 16, 32)
+        return self.head(self.enc(x).mean(1))
+
+
+class Mixer(nn.Module):
+    """MLP-Mixer block: a token-mixing Linear on the transposed sequence, a channel MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 32, 4, stride=4)
+        self.ln = nn.LayerNorm(32)
+        self.tok = nn.Linear(16, 16)
+        self.ch1 = nn.Linear(32, 64)
+        self.ch2 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (b, 16, 32)
+        x = x + self.tok(self.ln(x).transpose(1, 2)).transpose(1, 2)
+        x = x + self.ch2(F.gelu(self.ch1(self.ln(x))))
+        return self.head(x.mean(1))
+
+
+class Mixing(nn.Module):
+    """conv1 → ``mix`` → conv2: ``mix`` ties conv1's channels without having parameters."""
+
+    def __init__(self, mix: str) -> None:
+        super().__init__()
+        self.mix = mix
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.gn = nn.GroupNorm(2, 8, affine=False)
+        self.conv2 = nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        if self.mix == "groupnorm":
+            y = F.relu(self.gn(y))
+        elif self.mix == "softmax":
+            y = torch.softmax(y, 1)
+        else:  # ShuffleNet's channel shuffle, on the channel count it finds
+            y = F.relu(self.bn1(y))
+            b, c, h, w = y.shape
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(F.relu(self.conv2(y)).mean((2, 3)))
+
+
+def fit(model: nn.Module, shape: tuple[int, ...], cfg: dict, seed: int = 0):
+    """Two epochs on random data, then the method's hard masks (Gumbel's logits redrawn so
+    that its masks prune visibly)."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(32, *shape, generator=g)
+    ys = torch.randint(0, 10, (32,), generator=g)
+    data = SimpleNamespace(input_shape=shape, x_train=xs, y_train=ys, x_val=xs[:8], y_val=ys[:8])
+    topology = Topology.build(model, xs[:2])
+    method = make_method(cfg)
+    type(method).check(topology)
+    tc = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=seed)
+    train(
+        model,
+        method,
+        data,
+        tc,
+        topology=topology,
+        batches=lambda gen: batches(xs, ys, 8, generator=gen),
+    )
+    if cfg["name"] == "gumbel":
+        with torch.no_grad():
+            for gate in method.gates.values():
+                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) + 0.3)
+    return topology, method.masks(), xs
+
+
+def assert_exact_export(model, topology, masks, xs):
+    ex = export_compact(model, masks, topology=topology)
+    model.eval()
+    with torch.no_grad():
+        assert (model(xs) - ex.model(xs)).abs().max().item() <= 1e-4
+    weights = {n: m.weight for n, m in masks.items()}
+    assert ex.params == count_params(ex.model) == topology.count(model, weights)
+    return ex
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_attention_out_proj_is_a_weight_prunable_layer_and_the_ffn_channels_a_group():
+    torch.manual_seed(0)
+    model = Encoder()
+    topo = Topology.build(model, torch.randn(2, 1, 16, 16))
+    names = [layer.name for layer in topo.layers]
+    assert names == ["embed", "enc.self_attn.out_proj", "enc.linear1", "enc.linear2", "head"]
+    assert topo.by_name["enc.self_attn.out_proj"].group is None
+    assert [(g.root, g.size) for g in topo.groups] == [("enc.linear1", 64)]
+    # MACs: out_proj is applied at each of the 16 tokens, like the FFN's Linears
+    assert topo.positions["enc.self_attn.out_proj"] == topo.positions["enc.linear1"] == 16
+    assert topo.dense_macs == 16 * 32 * 16 + 16 * (32 * 32 + 32 * 64 + 64 * 32) + 32 * 10
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"name": "magnitude", "density": 0.3},
+        {"name": "gumbel", "init_keep_prob": 0.5},
+        {"name": "gumbel", "granularity": "neuron", "init_keep_prob": 0.5},
+        {"name": "magnitude_neuron", "neurons": 0.5},
+        {"name": "kfac", "neurons": 0.5},
+    ],
+    ids=lambda c: "-".join(str(v) for k, v in c.items() if k in ("name", "granularity")),
+)
+def test_transformer_encoder_prunes_and_exports_exactly(cfg):
+    torch.manual_seed(0)
+    model = Encoder()
+    topology, masks, xs = fit(model, (1, 16, 16), cfg)
+    ex = assert_exact_export(model, topology, masks, xs)
+    out_proj = ex.model.enc.self_attn.out_proj.weight
+    if cfg["name"] == "gumbel" and "granularity" not in cfg:
+        # the attention's weight masks act in training and reach the delivered model
+        kept = masks["enc.self_attn.out_proj"].weight
+        assert 0 < int(kept.sum()) < kept.numel()
+        assert torch.equal(out_proj != 0, kept.bool())
+    if "neurons" in cfg:  # half the FFN's hidden channels are gone
+        assert ex.model.enc.linear1.out_features == ex.model.enc.linear2.in_features == 32
+
+
+@pytest.mark.parametrize("name", ["magnitude_neuron", "kfac"])
+def test_linear_layers_on_a_token_sequence_prune_their_channels(name):
+    torch.manual_seed(0)
+    model = Mixer()
+    topology, masks, xs = fit(model, (1, 16, 16), {"name": name, "neurons": 0.5})
+    assert [(g.root, g.size) for g in topology.groups] == [("ch1", 64)]
+    assert "LayerNorm ln" in topology.fixed["ch2"]
+    ex = assert_exact_export(model, topology, masks, xs)
+    assert ex.model.ch1.out_features == 32
+
+
+def test_kfac_factors_of_a_linear_on_a_sequence_are_a_1x1_convs_over_its_positions():
+    """Tokens are samples of a Linear as positions are of a conv (KFC): the same rows."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 6, 5, generator=g)  # (b, T, in)
+    grad = torch.randn(4, 6, 3, generator=g)  # (b, T, out)
+    lin = nn.Linear(5, 3)
+    conv = nn.Conv2d(5, 3, 1)
+    a_lin, g_lin = factors(lin, a, grad)
+    a_conv, g_conv = factors(conv, a.transpose(1, 2)[..., None], grad.transpose(1, 2)[..., None])
+    assert a_lin.shape == (6, 6) and g_lin.shape == (3, 3)
+    torch.testing.assert_close(a_lin, a_conv)
+    torch.testing.assert_close(g_lin, g_conv)
+    # G sums the positions of a sample (per-sample gradient = sum over its tokens), over b
+    rows = grad.reshape(-1, 3) * 4
+    torch.testing.assert_close(g_lin, rows.T @ rows / 4)
+
+
+@pytest.mark.parametrize(
+    ("mix", "reason"),
+    [
+        ("groupnorm", "GroupNorm gn mixes or scales channels"),
+        ("softmax", "its closed channels do not reach conv2 as zeros"),
+        ("shuffle", "removing its channels changes the model's output"),
+    ],
+)
+def test_channels_a_parameter_free_op_ties_stay_and_the_export_is_exact(mix, reason):
+    torch.manual_seed(0)
+    model = Mixing(mix)
+    example = torch.randn(2, 1, 8, 8)
+    topo = Topology.build(model, example)
+    assert topo.fixed["conv1"].startswith(reason)
+    assert [g.root for g in topo.groups] == ["conv2"]
+    # a spec is validated on zeros: the checks probe random values of its shape instead
+    assert Topology.build(model, torch.zeros(2, 1, 8, 8)).fixed["conv1"].startswith(reason)
+    topology, masks, xs = fit(model, (1, 8, 8), {"name": "magnitude_neuron", "neurons": 0.5})
+    ex = assert_exact_export(model, topology, masks, xs)
+    assert ex.model.conv1.out_channels == 8 and ex.model.conv2.out_channels == 4
+
+
+def test_a_shuffle_with_a_hard_coded_channel_count_stays_whole():
+    class Hard(Mixing):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.bn1(self.conv1(x)))
+            y = y.view(y.shape[0], 2, 4, *y.shape[2:]).transpose(1, 2).flatten(1, 2)
+            return self.fc(F.relu(self.conv2(y)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    topo = Topology.build(Hard("shuffle"), torch.randn(2, 1, 8, 8))
+    assert topo.fixed["conv1"].startswith("removing its channels breaks the model (RuntimeError")
+
+
+def test_a_forward_that_returns_a_dict_is_refused_in_one_line():
+    class Dict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.fc(x)}
+
+    with pytest.raises(
+        ValueError, match=r"^Dict\.forward returns a dict; prunetune needs one tensor"
+    ):
+        Topology.build(Dict(), torch.randn(2, 4))
+
+
+def test_a_layer_the_forward_never_uses_is_refused_by_name():
+    class Spare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 10)
+            self.aux = nn.Linear(4, 10)  # e.g. an auxiliary head used only in training
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    with pytest.raises(ValueError, match=r"^layer aux is not used in the model's forward pass"):
+        Topology.build(Spare(), torch.randn(2, 4))

@@ -674,20 +674,21 @@ def _check_one_batch(spec: StudySpec) -> Any:
 
 
 def _validate_methods_fit_model(spec: StudySpec, model: Any) -> None:
-    """Methods that cannot prune some structures (``PruningMethod.check``: KFAC needs a chain,
-    GraSP second derivatives) are tried on the study's model now, not mid-study."""
-    from prunetune.prune import METHODS, PruningMethod
+    """The study's model has a topology (every prunable layer used, one output tensor), and
+    methods that cannot prune some structures (``PruningMethod.check``: KFAC needs a chain,
+    GraSP second derivatives) are tried on it now, not mid-study."""
+    import torch
 
+    from prunetune.prune import METHODS, PruningMethod, Topology
+
+    try:
+        topology = Topology.build(model, torch.zeros(2, *data_info(spec).input_shape))
+    except ValueError as e:
+        what = getattr(spec.model, "factory", spec.model.model_dump().get("family"))
+        raise ConfigError(f"model: {what!r}: {e}") from None
     picky = [
         n for n in spec.methods if METHODS[n].check.__func__ is not PruningMethod.check.__func__
     ]
-    if not picky:
-        return
-    import torch
-
-    from prunetune.prune import Topology
-
-    topology = Topology.build(model, torch.zeros(2, *data_info(spec).input_shape))
     for name in picky:
         try:
             METHODS[name].check(topology)

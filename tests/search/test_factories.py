@@ -56,6 +56,20 @@ def returns_dict(width: int = 1, num_classes: int = 10):
     return {"a": 1}
 
 
+class WithAux(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * 256, num_classes)
+        self.aux = nn.Linear(in_channels * 256, num_classes)  # an auxiliary head, unused
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def with_aux(width: int = 1, num_classes: int = 10, in_channels: int = 3):
+    return WithAux(num_classes, in_channels)
+
+
 def _split(x, y):
     k = len(x) // 8
     return {"x_train": x[2 * k:], "y_train": y[2 * k:], "x_val": x[:k], "y_val": y[:k],
@@ -165,6 +179,7 @@ BAD = [
     ("model.params", {"width": [8, 4]}, r"model\.params\.width: `low <= high` must hold in a range, got \[8, 4\] \(for a fixed list write \{value: \[\.\.\.\]\}\)"),
     ("model.params", {"width": -1}, r"model\.factory: 'ptfx_user:net' raised ValueError: width must be >= 1, got -1"),
     ("model.factory", "ptfx_user:returns_dict", r"model\.factory: 'ptfx_user:returns_dict' returned a dict, not a torch\.nn\.Module"),
+    ("model.factory", "ptfx_user:with_aux", r"model: 'ptfx_user:with_aux': layer aux is not used in the model's forward pass"),
     ("model.params", {"num_classes": 3}, r"model\.factory: 'ptfx_user:net' outputs shape \(2, 3\) for a batch of 2, but the labels of 'ptfx_user:images' run to 3 \(4 classes\)"),
     ("dataset.factory", "ptfx_user:raises", r"dataset\.factory: 'ptfx_user:raises' raised RuntimeError: the bucket is not mounted"),
     ("dataset.factory", "ptfx_user:two_things", r"dataset\.factory: 'ptfx_user:two_things' returned a list; expected a mapping of tensors x_train"),

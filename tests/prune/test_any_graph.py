@@ -249,3 +249,20 @@ def test_a_layer_the_forward_never_uses_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"^layer aux is not used in the model's forward pass"):
         Topology.build(Spare(), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("onnx", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_pruned_transformer_is_delivered_as_pt2_and_onnx(tmp_path, onnx):
+    from prunetune.prune.deliver import check_onnx, export_onnx, export_pt2, load_pt2
+
+    torch.manual_seed(0)
+    model = Encoder()
+    topology, masks, xs = fit(model, (1, 16, 16), {"name": "magnitude_neuron", "neurons": 0.5})
+    ex = export_compact(model, masks, topology=topology)
+    model.eval()
+    with torch.no_grad():
+        want = model(xs)
+    pt2 = export_pt2(ex.model, xs[:2], tmp_path / "model.pt2")
+    assert (load_pt2(pt2).eval()(xs) - want).abs().max().item() <= 1e-4
+    if onnx:
+        assert check_onnx(export_onnx(pt2, xs[:2], tmp_path / "model.onnx"), xs, want) <= 1e-4

@@ -390,7 +390,7 @@ class GumbelPruning(PruningMethod):
             0.0,
             help="fraction of training over which the target falls from 1 to target_density "
             "on a cubic schedule, so the gates settle on a trained network (penalty 'target'; "
-            "0 = the target from the first step)",
+            "the MAC budget mac_density falls with it; 0 = the targets from the first step)",
         ),
         "warmup_epochs": Float(
             0.0, 100.0, 0.0, help="epochs over which λ ramps up linearly from 0"
@@ -552,9 +552,17 @@ class GumbelPruning(PruningMethod):
         """The target density at this step: ``target_density`` after ``target_ramp``; before,
         ``t + (1 − t)(1 − step/ramp)³`` (Zhu & Gupta 2017's cubic schedule: most of the
         pruning early, small steps as the budget nears)."""
-        t = self.config["target_density"]
+        return self._ramped(self.config["target_density"])
+
+    def mac_budget_now(self) -> float:
+        """The MAC budget at this step: ``mac_density`` on the target's ramp (were it held
+        from the first step while the parameter target ramps, the MAC hinge alone would set
+        the early gates, cutting the compute-heavy channels first and overshooting)."""
+        return self._ramped(self.config["mac_density"])
+
+    def _ramped(self, t: float) -> float:
         ramp = self.config["target_ramp"] * self.ctx.total_steps
-        if ramp <= 0 or self._step >= ramp:
+        if ramp <= 0 or self._step >= ramp or self.config["penalty"] != "target":
             return t
         return t + (1.0 - t) * (1.0 - self._step / ramp) ** 3
 
@@ -595,8 +603,8 @@ class GumbelPruning(PruningMethod):
         self._last_density = float(density.detach())
         if self.config["penalty"] == "target":
             density = (density - self.target_now()).abs()
-        budget = self.config["mac_density"]
-        if budget < 1.0 and self.ctx.topology.dense_macs > 0:
+        budget = self.mac_budget_now()
+        if self.config["mac_density"] < 1.0 and self.ctx.topology.dense_macs > 0:
             macs = self.expected_macs() / self.ctx.topology.dense_macs
             self._last_macs = float(macs.detach())
             density = density + torch.relu(macs - budget)

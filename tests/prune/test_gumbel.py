@@ -589,6 +589,32 @@ def test_mac_budget_adds_a_hinge_to_the_penalty():
     assert "expected_mac_density" not in plain.stats()
 
 
+def test_the_mac_budget_ramps_with_the_target():
+    """With ``target_ramp`` the MAC budget falls on the same cubic schedule: at the start of
+    the ramp the hinge is off, half-way it sits at m + (1 − m)/8, after it at ``mac_density``."""
+    cfg = {
+        "name": "gumbel",
+        "granularity": "neuron",
+        "lam": 2.0,
+        "init_keep_prob": 0.5,
+        "penalty": "target",
+        "target_density": 0.1,
+        "mac_density": 0.1,
+        "target_ramp": 0.5,
+    }
+    model = _small_convnet()
+    method = make_method(cfg)
+    method.attach(model, _ctx(model, (1, 5, 5), epochs=4, steps=10))  # 40 steps, ramp over 20
+    macs = (2 * 9 * 25 + 1 * 2 * 9 * 25 + 3 * 1 * 25) / 2850  # σ(θ) = ½: see above
+    density = method.expected_params().item() / method.dense_count
+    for step, budget in ((0, 1.0), (10, 0.1 + 0.9 / 8), (20, 0.1), (39, 0.1)):
+        method.on_step(step)
+        assert method.mac_budget_now() == pytest.approx(budget)
+        want = 2.0 * (abs(density - method.target_now()) + max(0.0, macs - budget))
+        assert method.penalty().item() == pytest.approx(want, rel=1e-5)
+    assert macs > 0.1 + 0.9 / 8  # so the half-way hinge is on, and smaller than at the end
+
+
 @pytest.mark.parametrize(
     "name", ["mlp", "lenet5", "resnet8", "concat", "mobilenetv2", "mobilenetv3_small"]
 )

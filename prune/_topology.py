@@ -300,6 +300,9 @@ class Topology:
         failed = _surgery_failures(topo, probe, topo.groups)
         if not failed:
             return topo
+        why = _surgery_error(topo, probe, [])
+        if why is not None:  # not the groups: the model cannot be exported at all
+            raise ValueError(f"{type(model).__name__} cannot be exported: {why}")
         fixed.update(failed)
         return make([g for g in groups if g.root not in failed])
 
@@ -696,7 +699,7 @@ def _surgery_error(topo: Topology, example: torch.Tensor, groups: list[ChannelGr
                 t = getattr(mod, name, None)
                 if t is not None:
                     saved.append((t, t[rows].clone(), rows))
-    if not masks:
+    if not masks and groups:
         return None
     was_training = model.training
     model.eval()
@@ -712,10 +715,13 @@ def _surgery_error(topo: Topology, example: torch.Tensor, groups: list[ChannelGr
         compact = export_compact(model, masks, example, topology=topo).model
         out = compact(example)
     except Exception as e:  # the compact model cannot be built or run: a hard-coded shape…
-        return f"removing its channels breaks the model ({type(e).__name__}: {_line(e)})"
+        what = "removing its channels breaks the model" if groups else "the plain copy fails"
+        return f"{what} ({type(e).__name__}: {_line(e)})"
     diff = float((out - closed).abs().max()) if out.shape == closed.shape else float("inf")
     if diff <= 1e-4 * max(1.0, float(closed.abs().max())):
         return None
+    if not groups:
+        return f"a plain copy computes other outputs (by {diff:.3g}): is the forward random?"
     return f"removing its channels changes the model's output (by {diff:.3g})"
 
 

@@ -266,3 +266,21 @@ def test_a_pruned_transformer_is_delivered_as_pt2_and_onnx(tmp_path, onnx):
     assert (load_pt2(pt2).eval()(xs) - want).abs().max().item() <= 1e-4
     if onnx:
         assert check_onnx(export_onnx(pt2, xs[:2], tmp_path / "model.onnx"), xs, want) <= 1e-4
+
+
+def test_a_model_that_cannot_be_copied_is_refused_at_once_not_left_unpruned():
+    """Every group failing the surgery check for a reason of the model's (it cannot be
+    deep-copied, so no export could ever run) is an error, not a model with nothing prunable."""
+    import threading
+
+    class Locked(Mixing):
+        def __init__(self) -> None:
+            super().__init__("softmax")
+            self.lock = threading.Lock()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"^Locked cannot be exported: the plain copy fails \("):
+        Topology.build(Locked(), torch.randn(2, 1, 8, 8))

@@ -168,6 +168,10 @@ def export_compact(
     }
     collapsed = False
     dg = topo.dg
+    removals: list[tuple[str, list[int]]] = []
+    # Zero every group's closed channels first: the members' indices are the unpruned model's,
+    # and a norm or consumer shared by several groups (a concatenation, DenseNet's) shrinks
+    # as soon as one of them is removed.
     for g in topo.groups:
         _zero_channels(plain, g, ~topo.group_slice(open_, g), consumers=False)  # closed → 0
         alive = topo.group_slice(live, g).clone()
@@ -181,14 +185,15 @@ def export_compact(
             rows = p.idx[alive[p.root]]
             kept_units[p.name] = sorted(int(i) for i in rows)
         dead = torch.nonzero(~alive).flatten().tolist()
-        if not dead:
-            continue
+        if dead:
+            removals.append((g.root, dead))
+    for name, dead in removals:  # a root's own output channels stay indexed as they were
         fix_concat(dg)  # offsets move as groups feeding a concatenation shrink
-        root = plain.get_submodule(g.root)
+        root = plain.get_submodule(name)
         handler = dg.get_pruner_of_module(root).prune_out_channels
         group = dg.get_pruning_group(root, handler, idxs=dead)
         if not dg.check_pruning_group(group):
-            raise ValueError(f"torch-pruning refuses to remove {len(dead)} channels of {g.root}.")
+            raise ValueError(f"torch-pruning refuses to remove {len(dead)} channels of {name}.")
         group.prune()
     for module in plain.modules():
         if parametrize.is_parametrized(module):  # pragma: no cover - removed above

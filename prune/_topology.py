@@ -622,6 +622,15 @@ def _verify_closing(
                     "or token-mixing op between them?)"
                 )
                 continue
+            read = torch.zeros(g.size, dtype=torch.bool)
+            for c in g.consumers:
+                read[c.root] = True
+            if not bool(read.all()):
+                fixed[g.root] = (
+                    f"torch-pruning finds a consumer for only {int(read.sum())} of its {g.size} "
+                    "channels (a split, slice or shuffle it cannot follow?)"
+                )
+                continue
             shut = _closing(g)
             checked.append((g, shut))
             for m in (*g.producers, *g.norms):

@@ -222,6 +222,69 @@ def test_a_shuffle_with_a_hard_coded_channel_count_stays_whole():
     assert topo.fixed["conv1"].startswith("removing its channels breaks the model (RuntimeError")
 
 
+def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's ``channel_shuffle``."""
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's stride-1 unit: split the channels in two, transform one half (1x1,
+    depthwise 3x3, 1x1), concatenate, shuffle."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        h = c // 2
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(h, h, 1, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False),
+            nn.BatchNorm2d(h),
+            nn.Conv2d(h, h, 1, bias=False),
+            nn.BatchNorm2d(h),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=1)
+        return _shuffle(torch.cat((x1, self.branch2(x2)), 1), 2)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.units = nn.Sequential(ShuffleUnit(16), ShuffleUnit(16))
+        self.conv5 = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.units(torch.relu(self.stem(x)))
+        return self.fc(torch.relu(self.conv5(x)).mean((2, 3)))
+
+
+def test_shufflenet_prunes_inside_its_branches_and_keeps_the_shuffled_trunk():
+    """torch-pruning follows the split and the shuffle only part of the way (it finds readers
+    for 1-2 of the trunk's 8 channels): the trunk stays whole, the branches' inner channels
+    and the last 1x1 conv are pruned, and the export is exact."""
+    torch.manual_seed(0)
+    model = ShuffleNet()
+    topo = Topology.build(model, torch.randn(2, 1, 8, 8))
+    assert sorted(g.root for g in topo.groups) == [
+        "conv5.0",
+        "units.0.branch2.3",
+        "units.1.branch2.3",
+    ]
+    for unit in ("units.0", "units.1"):
+        assert "torch-pruning finds a consumer for only" in topo.fixed[f"{unit}.branch2.5"]
+    topology, masks, xs = fit(model, (1, 8, 8), {"name": "magnitude_neuron", "neurons": 0.5})
+    ex = assert_exact_export(model, topology, masks, xs)
+    assert ex.model.units[0].branch2[3].out_channels == 4
+    assert ex.model.units[0].branch2[5].out_channels == 8
+
+
 def test_a_forward_that_returns_a_dict_is_refused_in_one_line():
     class Dict(nn.Module):
         def __init__(self) -> None:

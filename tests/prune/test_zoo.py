@@ -27,6 +27,8 @@ EXPECTED_GROUP_SIZES = {
     # blocks 2-4 out (adds) 16, block3 hidden 32, block4 hidden 48 and its SE reduce 12,
     # final conv 48, classifier hidden 64
     "mobilenetv3_small": [4, 8, 8, 12, 16, 24, 32, 48, 48, 64],
+    # stem 8, transition 8, four bottlenecks 8, four growths 4 (slices of the concatenations)
+    "densenet": [4, 4, 4, 4, 8, 8, 8, 8, 8, 8],
 }
 
 
@@ -74,3 +76,17 @@ def test_torch_pruning_groups_every_zoo_model(name):
         assert model(x).shape == (4, 10)
     assert head.out_features == 10
     assert sum(p.numel() for p in model.parameters()) < n_before
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_zoo_group_passes_the_topology_checks(name):
+    """torch-pruning maps every zoo model right, so prunetune's checks (closed channels read as
+    zeros, one export removing half of every group's channels computing what the closed model
+    computes) leave only the classifier fixed."""
+    from prunetune.prune import Topology
+
+    model, x = ZOO[name]()
+    head = next(n for n, m in model.named_modules() if m is output_layer(model))
+    topo = Topology.build(model, x)
+    assert topo.fixed == {head: "its channels are the model's output"}
+    assert len(topo.groups) == len(EXPECTED_GROUP_SIZES[name])

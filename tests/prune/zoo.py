@@ -21,6 +21,9 @@ resnet18            (3, 32, 32) :class:`ResNet18`: torchvision's layout (one in-
 mobilenetv3_small   (3, 32, 32) :class:`MobileNetV3Small`: hardswish, squeeze-excitation
                                 (channel-wise multiply), blocks with and without residual adds,
                                 a Linear-hardswish-Linear head
+densenet            (3, 32, 32) :class:`DenseNet`: every layer reads the concatenation of all
+                                earlier maps of its block, so one BatchNorm holds the channels
+                                of several groups (a removal shifts the others' indices)
 ==================  ==========  =============================================================
 
 Use :func:`output_layer` for the layer whose outputs are the model's outputs (never pruned).
@@ -249,6 +252,50 @@ class MobileNetV3Small(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
+class DenseLayer(nn.Module):
+    """torchvision's dense layer: BN-ReLU-1x1 conv (bottleneck) then BN-ReLU-3x3 conv (the
+    growth), on the concatenation of every earlier feature map of its block."""
+
+    def __init__(self, c_in: int, growth: int, bottleneck: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, bottleneck, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck)
+        self.conv2 = nn.Conv2d(bottleneck, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.conv1(torch.relu(self.norm1(torch.cat(features, 1))))
+        return self.conv2(torch.relu(self.norm2(x)))
+
+
+class DenseNet(nn.Module):
+    """DenseNet (Huang et al. 2017) in torchvision's layout at narrow widths for 32x32 inputs:
+    a 3x3 stem, two blocks of two dense layers (growth 4, bottleneck 8) joined by a transition
+    (BN-ReLU-1x1 conv halving the channels, 2x2 average pool), a final BN. Every channel is
+    read by several BatchNorms, each through its own concatenation."""
+
+    def __init__(self, in_channels: int = 3, num_outputs: int = NUM_OUTPUTS) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.block1 = nn.ModuleList([DenseLayer(8, 4, 8), DenseLayer(12, 4, 8)])
+        self.transition = nn.Sequential(
+            nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1, bias=False), nn.AvgPool2d(2)
+        )
+        self.block2 = nn.ModuleList([DenseLayer(8, 4, 8), DenseLayer(12, 4, 8)])
+        self.norm = nn.BatchNorm2d(16)
+        self.classifier = nn.Linear(16, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        for layer in self.block1:
+            features.append(layer(features))
+        features = [self.transition(torch.cat(features, 1))]
+        for layer in self.block2:
+            features.append(layer(features))
+        x = torch.relu(self.norm(torch.cat(features, 1)))  # (b, 16, H / 2, W / 2)
+        return self.classifier(x.mean((2, 3)))
+
+
 def _factory(
     build: Callable[[], nn.Module], input_shape: tuple[int, ...]
 ) -> Callable[..., tuple[nn.Module, torch.Tensor]]:
@@ -276,6 +323,7 @@ ZOO: dict[str, Callable[..., tuple[nn.Module, torch.Tensor]]] = {
     "mobilenetv2": _factory(MobileNetV2, IMAGE),
     "resnet18": _factory(ResNet18, IMAGE),
     "mobilenetv3_small": _factory(MobileNetV3Small, IMAGE),
+    "densenet": _factory(DenseNet, IMAGE),
 }
 
 

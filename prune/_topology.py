@@ -216,7 +216,14 @@ class Topology:
                 f"{type(model).__name__} has no Linear, Conv1d or Conv2d layer to prune."
             )
         if any(parametrize.is_parametrized(m) for _, m in model.named_modules()):
-            raise ValueError("Topology.build needs the plain model (no masks attached yet).")
+            _refuse_parametrized(model)
+        for n, m in prunable:
+            if not isinstance(m._parameters.get("weight"), nn.Parameter):
+                raise ValueError(
+                    f"layer {n}'s weight is not a parameter: a forward pre-hook computes it "
+                    "(the deprecated torch.nn.utils.weight_norm?). prunetune's masks need the "
+                    f"weight itself: run torch.nn.utils.remove_weight_norm(model.{n}) first."
+                )
         order, positions, functional = _trace_calls(model, example, prunable)
         was_training = model.training
         model.eval()
@@ -448,6 +455,27 @@ class Topology:
             rest = math.prod(k for k, idx in zip(s.shape, s.dims, strict=True) if idx is None)
             total = total + term * (rest * n)
         return total
+
+
+def _refuse_parametrized(model: nn.Module) -> None:
+    """Raise for a model that already carries parametrizations: prunetune's own masks (the
+    topology is built from the plain model), or the model's (weight or spectral norm), which
+    the masks cannot stack on."""
+    for name, m in model.named_modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        for tensor, plist in m.parametrizations.items():
+            kinds = [type(p) for p in plist]
+            if any(k.__module__.startswith("prunetune.") for k in kinds):
+                raise ValueError("Topology.build needs the plain model (no masks attached yet).")
+            where = f"model.{name}" if name else "model"
+            raise ValueError(
+                f"layer {name or type(model).__name__}'s {tensor} carries the model's own "
+                f"parametrization ({kinds[0].__name__}: weight or spectral norm?); prunetune's "
+                "masks attach as parametrizations and need the plain tensor: remove it first "
+                f"with torch.nn.utils.parametrize.remove_parametrizations({where}, {tensor!r}) "
+                "(its current values stay)."
+            )
 
 
 def _trace_calls(

@@ -347,3 +347,27 @@ def test_a_model_that_cannot_be_copied_is_refused_at_once_not_left_unpruned():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match=r"^Locked cannot be exported: the plain copy fails \("):
         Topology.build(Locked(), torch.randn(2, 1, 8, 8))
+
+
+def test_weight_norm_is_refused_with_the_call_that_removes_it():
+    """prunetune's masks are parametrizations of the weight: a layer that already has one of
+    the model's own (or the deprecated hook-based weight norm) is named with the remedy."""
+    from torch.nn.utils import parametrizations, parametrize, remove_weight_norm, weight_norm
+
+    def net(wrap):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+        wrap(m[0])
+        return m
+
+    x = torch.randn(2, 1, 8, 8)
+    model = net(parametrizations.weight_norm)
+    with pytest.raises(ValueError, match=r"^layer 0's weight carries the model's own parametri"):
+        Topology.build(model, x)
+    parametrize.remove_parametrizations(model[0], "weight")  # the remedy the message names
+    assert [layer.name for layer in Topology.build(model, x).layers] == ["0", "3"]
+    model = net(lambda m: weight_norm(m))
+    with pytest.raises(ValueError, match=r"remove_weight_norm\(model\.0\) first"):
+        Topology.build(model, x)
+    remove_weight_norm(model[0])
+    assert [layer.name for layer in Topology.build(model, x).layers] == ["0", "3"]

@@ -846,7 +846,9 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
     :func:`fix_concat`)."""
     import torch_pruning as tp
 
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    # verbose=False: its warnings about bare parameters (a ViT's position embedding) would
+    # repeat at every build; such groups are fixed here, with the reason
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     fix_concat(dg)
     return dg
 

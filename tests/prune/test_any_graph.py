@@ -371,3 +371,34 @@ def test_weight_norm_is_refused_with_the_call_that_removes_it():
         Topology.build(model, x)
     remove_weight_norm(model[0])
     assert [layer.name for layer in Topology.build(model, x).layers] == ["0", "3"]
+
+
+def test_a_vit_with_class_token_and_position_embedding_builds_quietly():
+    """Bare nn.Parameters on the residual stream (class token, position embedding) fix its
+    channels; each encoder layer's feed-forward width is a group; torch-pruning's warnings
+    about them stay out of the user's log."""
+    import warnings
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(1, 32, 4, stride=4)
+            self.cls = nn.Parameter(torch.zeros(1, 1, 32))
+            self.pos = nn.Parameter(torch.randn(1, 17, 32) * 0.02)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+            return self.head(self.enc(x)[:, 0])
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        topo = Topology.build(ViT(), torch.randn(2, 1, 16, 16))
+    assert sorted((g.root, g.size) for g in topo.groups) == [
+        ("enc.layers.0.linear1", 64),
+        ("enc.layers.1.linear1", 64),
+    ]

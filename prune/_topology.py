@@ -661,13 +661,7 @@ def _verify_closing(
                 continue
             shut = _closing(g)
             checked.append((g, shut))
-            for m in (*g.producers, *g.norms):
-                mod = model.get_submodule(m.name)
-                rows = m.idx[shut[m.root]]
-                for p in ("weight", "bias"):
-                    t = getattr(mod, p, None)
-                    if t is not None:
-                        saved.append((t, t[rows].clone(), rows))
+            saved += _closed_entries(model, g, shut)
         for t, _, rows in saved:  # every group closed at once: a zero stays a zero
             t[rows] = 0
         if checked:
@@ -689,6 +683,22 @@ def _verify_closing(
                 "with f(0) != 0 such as a sigmoid, or one that moves channels, between them)"
             )
     return kept
+
+
+def _closed_entries(
+    model: nn.Module, g: ChannelGroup, shut: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(tensor, saved values, rows)`` of every producer row, bias and norm entry that
+    closing the ``shut`` channels of ``g`` zeroes (the caller zeroes and restores them)."""
+    out = []
+    for m in (*g.producers, *g.norms):
+        mod = model.get_submodule(m.name)
+        rows = m.idx[shut[m.root]]
+        for p in ("weight", "bias"):
+            t = getattr(mod, p, None)
+            if t is not None:
+                out.append((t, t[rows].clone(), rows))
+    return out
 
 
 def _surgery_failures(
@@ -729,13 +739,7 @@ def _surgery_error(topo: Topology, example: torch.Tensor, groups: list[ChannelGr
             w = raw_weight(model.get_submodule(p.name))
             m = masks.setdefault(p.name, Mask(torch.ones_like(w)))
             m.weight[p.idx[shut[p.root]]] = 0
-        for m in (*g.producers, *g.norms):
-            mod = model.get_submodule(m.name)
-            rows = m.idx[shut[m.root]]
-            for name in ("weight", "bias"):
-                t = getattr(mod, name, None)
-                if t is not None:
-                    saved.append((t, t[rows].clone(), rows))
+        saved += _closed_entries(model, g, shut)
     if not masks and groups:
         return None
     was_training = model.training

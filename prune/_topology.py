@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -685,20 +685,26 @@ def _verify_closing(
     return kept
 
 
-def _closed_entries(
-    model: nn.Module, g: ChannelGroup, shut: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(tensor, saved values, rows)`` of every producer row, bias and norm entry that
-    closing the ``shut`` channels of ``g`` zeroes (the caller zeroes and restores them)."""
-    out = []
+def channel_entries(
+    model: nn.Module, g: ChannelGroup, channels: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(tensor, rows)``: the producer rows, biases and norm entries of ``g``'s ``channels``
+    (bool over the group's channels) in ``model``, the entries that closing them zeroes."""
     for m in (*g.producers, *g.norms):
         mod = model.get_submodule(m.name)
-        rows = m.idx[shut[m.root]]
+        rows = m.idx[channels[m.root]]
         for p in ("weight", "bias"):
             t = getattr(mod, p, None)
             if t is not None:
-                out.append((t, t[rows].clone(), rows))
-    return out
+                yield t, rows
+
+
+def _closed_entries(
+    model: nn.Module, g: ChannelGroup, shut: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(tensor, saved values, rows)`` of :func:`channel_entries` (the caller zeroes and
+    restores them)."""
+    return [(t, t[rows].clone(), rows) for t, rows in channel_entries(model, g, shut)]
 
 
 def _surgery_failures(

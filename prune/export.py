@@ -35,7 +35,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunetune.prune._base import Mask
-from prunetune.prune._topology import PRUNABLE, ChannelGroup, Topology, fix_concat, raw_param
+from prunetune.prune._topology import (
+    PRUNABLE,
+    ChannelGroup,
+    Topology,
+    channel_entries,
+    fix_concat,
+    raw_param,
+)
 
 
 @dataclass
@@ -224,13 +231,8 @@ def _zero_channels(
     read them (a collapsed group keeps one such channel so that the model keeps its shapes)."""
     if not bool(channels.any()):
         return
-    for m in (*group.producers, *group.norms):
-        mod = model.get_submodule(m.name)
-        rows = m.idx[channels[m.root]]
-        for p in ("weight", "bias"):
-            t = getattr(mod, p, None)
-            if t is not None:
-                t[rows] = 0
+    for t, rows in channel_entries(model, group, channels):
+        t[rows] = 0
     if consumers:
         for c in group.consumers:
             mod = model.get_submodule(c.name)

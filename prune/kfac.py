@@ -61,14 +61,24 @@ from prunetune.prune._topology import Layer, Topology, raw_bias, raw_weight
 
 def layer_inputs(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """Rows ``ã`` of the input factor: ``(b, in [+1])``; ``(b·T, in [+1])`` for a Linear on a
-    sequence ``(b, …, in)`` (every position a sample, as a conv's); ``(b·L, C·k·k [+1])`` for a
-    conv."""
+    sequence ``(b, …, in)`` (every position a sample, as a conv's); ``(b·L, C·k [+1])`` for a
+    conv (``C·k·k`` for a Conv2d), its input padded as the conv pads it (``padding='same'``,
+    reflect or circular ``padding_mode``)."""
     if isinstance(module, nn.Linear):
         a = a.reshape(-1, a.shape[-1])
-    elif isinstance(module, nn.Conv2d):
-        a = nn.functional.unfold(
-            a, module.kernel_size, module.dilation, module.padding, module.stride
-        )  # (b, C·k·k, L)
+    elif isinstance(module, nn.Conv1d | nn.Conv2d):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        a = nn.functional.pad(a, module._reversed_padding_repeated_twice, mode=mode)
+        if isinstance(module, nn.Conv1d):  # (b, C, L) as (b, C, 1, L) under a (1, k) kernel
+            a = a.unsqueeze(2)
+            kernel, dilation, stride = (
+                (1, *module.kernel_size),
+                (1, *module.dilation),
+                (1, *module.stride),
+            )
+        else:
+            kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+        a = nn.functional.unfold(a, kernel, dilation, 0, stride)  # (b, C·k·k, L)
         a = a.transpose(1, 2).reshape(-1, a.shape[1])
     if raw_bias(module) is not None:
         a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
@@ -86,10 +96,10 @@ def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.
     b = a.shape[0]
     rows = layer_inputs(module, a)
     g = g * b
-    if g.dim() == 4:  # (b, out, H, W) → (b·L, out); positions summed per sample
-        g = g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
-    elif g.dim() > 2:  # a Linear on a sequence: (b, …, out) → (b·T, out), the same
+    if isinstance(module, nn.Linear):  # (b, out), or (b, …, out) on a sequence → (b·T, out)
         g = g.reshape(-1, g.shape[-1])
+    else:  # (b, out, L) or (b, out, H, W) → (b·L, out); positions summed per sample
+        g = g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
     return rows.T @ rows / rows.shape[0], g.T @ g / b
 
 
@@ -201,13 +211,13 @@ class KFACNeuronPruning(NeuronPruning):
     @classmethod
     def check(cls, topology: Topology) -> None:
         """K-FAC's per-layer saliency needs each unit made by one layer and read by at most one
-        (a chain of Linear/Conv2d layers, no normalisation)."""
+        (a chain of Linear/conv layers, no normalisation)."""
         for layer in topology.layers:
-            if not isinstance(layer.module, nn.Linear | nn.Conv2d) or layer.kind == "grouped":
+            if layer.kind == "grouped":
                 raise ValueError(
-                    f"method kfac cannot prune layer {layer.name}: it is a "
-                    f"{type(layer.module).__name__} ({layer.kind}); K-FAC factors are written "
-                    "for Linear and Conv2d layers (use magnitude_neuron or gumbel)."
+                    f"method kfac cannot prune layer {layer.name}: it is a grouped "
+                    f"{type(layer.module).__name__}; K-FAC factors are written for ungrouped "
+                    "Linear and conv layers (use magnitude_neuron or gumbel)."
                 )
         for g in topology.groups:
             why = None
@@ -222,7 +232,7 @@ class KFACNeuronPruning(NeuronPruning):
             if why:
                 raise ValueError(
                     f"method kfac cannot prune layer {g.root}: {why}; K-FAC neuron saliency "
-                    "needs a chain of Linear/Conv2d layers (use magnitude_neuron or gumbel)."
+                    "needs a chain of Linear/conv layers (use magnitude_neuron or gumbel)."
                 )
 
     def neuron_scores(self) -> torch.Tensor:

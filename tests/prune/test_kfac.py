@@ -169,3 +169,51 @@ def test_conv_factors_use_unfolded_patches():
     assert float(a_f[-1, -1]) == pytest.approx(1.0)
     gs = (g * 2).flatten(2)  # (b, C, L)
     assert torch.allclose(g_f, torch.einsum("bcl,bdl->cd", gs, gs) / 2, rtol=1e-5)
+
+
+def _patches(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(b·H·W, C·k·k) stride-1 patches of an already padded (b, C, H+k−1, W+k−1) map, built
+    with plain slicing (no unfold): the rows a conv's input factor is made of."""
+    b, c, hp, wp = x.shape
+    h, w = hp - k + 1, wp - k + 1
+    cols = [x[:, :, i : i + h, j : j + w] for i in range(k) for j in range(k)]  # (b, C, H, W)
+    return torch.stack(cols, 2).reshape(b, c * k * k, h * w).transpose(1, 2).reshape(-1, c * k * k)
+
+
+@pytest.mark.parametrize(
+    ("padding", "mode"), [("same", "zeros"), (1, "reflect"), ("same", "circular"), (1, "zeros")]
+)
+def test_conv_input_rows_are_padded_as_the_conv_pads(padding, mode):
+    """``padding='same'`` (a string unfold cannot take) and non-zero padding modes: the rows
+    are the patches the conv really multiplies, so ``rows @ W.T`` is its output."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=padding, padding_mode=mode, bias=False)
+    x = torch.randn(2, 2, 5, 5)
+    rows = layer_inputs(conv, x)
+    torch_mode = "constant" if mode == "zeros" else mode
+    want = _patches(torch.nn.functional.pad(x, (1, 1, 1, 1), mode=torch_mode), 3)
+    torch.testing.assert_close(rows, want)
+    out = conv(x).flatten(2).transpose(1, 2).reshape(-1, 3)
+    torch.testing.assert_close(rows @ conv.weight.flatten(1).T, out, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_factors_are_a_1xk_conv2ds():
+    torch.manual_seed(0)
+    c1 = torch.nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=1)
+    c2 = torch.nn.Conv2d(3, 4, (1, 5), stride=(1, 2), padding=(0, 2))
+    with torch.no_grad():
+        c2.weight.copy_(c1.weight[:, :, None, :])
+        c2.bias.copy_(c1.bias)
+    x = torch.randn(2, 3, 11)
+    g = torch.randn(2, 4, 6)
+    a1, g1 = factors(c1, x, g)
+    a2, g2 = factors(c2, x[:, :, None, :], g[:, :, None, :])
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(g1, g2)
+    rows = layer_inputs(c1, x)[:, :-1]
+    torch.testing.assert_close(
+        rows @ c1.weight.flatten(1).T + c1.bias,
+        c1(x).transpose(1, 2).reshape(-1, 4),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -250,7 +250,16 @@ def _arch_of(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any] |
     for m in model:
         if isinstance(m, nn.Linear):
             d = {"type": "linear", "in": m.in_features, "out": m.out_features}
-        elif isinstance(m, nn.Conv2d) and m.groups == 1 and len(set(m.kernel_size)) == 1:
+        elif (
+            isinstance(m, nn.Conv2d)
+            and m.groups == 1
+            and len(set(m.kernel_size)) == 1
+            and isinstance(m.padding, tuple)  # not 'same'/'valid'
+            and len(set(m.padding)) == 1
+            and len(set(m.stride)) == 1
+            and m.padding_mode == "zeros"
+            and set(m.dilation) == {1}
+        ):
             d = {
                 "type": "conv2d",
                 "in": m.in_channels,

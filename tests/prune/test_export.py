@@ -193,6 +193,32 @@ def test_compact_weights_round_trip_without_pickled_code():
     assert sum(p.numel() for p in rebuilt.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(padding="same"),
+        dict(padding=1, padding_mode="reflect"),
+        dict(padding=(1, 0)),
+        dict(padding=2, dilation=2),
+    ],
+    ids=["same", "reflect", "uneven", "dilated"],
+)
+def test_a_sequential_whose_conv_the_arch_format_cannot_state_has_no_arch(conv):
+    """The chain format (``build_model``) knows one padding and stride per conv, zeros, no
+    dilation: any other conv gives ``arch=None`` rather than a spec of another model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, **conv),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(10),
+    )
+    x = torch.randn(2, 1, 8, 8)
+    model(x)  # materialise the lazy layer
+    ex = export_compact(model, {}, x)
+    assert ex.arch is None
+
+
 def test_fully_pruned_hidden_layer_gives_constant_output():
     spec = mlp_spec((3,), [2], num_outputs=2)
     model = build_model(spec)

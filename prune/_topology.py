@@ -238,9 +238,8 @@ class Topology:
         finally:
             model.train(was_training)
 
-        groups: list[ChannelGroup] = []
+        groups: list[ChannelGroup] = []  # numbered and placed by make() below
         fixed: dict[str, str] = {}
-        group_of: dict[str, int] = {}
         for g in dg.get_all_groups(root_module_types=PRUNABLE):
             root_mod = g[0].dep.target.module
             root = names[root_mod]
@@ -277,14 +276,8 @@ class Topology:
             if why is not None:
                 fixed[root] = why
                 continue
-            gid = len(groups)
-            offset = sum(x.size for x in groups)
             normed = _normed(dg, names, producers, norms)
-            groups.append(
-                ChannelGroup(gid, root, size, offset, producers, norms, consumers, normed)
-            )
-            for p in producers:
-                group_of[p.name] = gid
+            groups.append(ChannelGroup(0, root, size, 0, producers, norms, consumers, normed))
 
         def make(groups: list[ChannelGroup]) -> Topology:
             groups = _renumbered(groups)
@@ -604,6 +597,7 @@ def _closing(g: ChannelGroup) -> torch.Tensor:
 
 
 def _renumbered(groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """``groups`` with ids 0, 1, … and offsets into the flat channel vector in their order."""
     out, offset = [], 0
     for i, g in enumerate(groups):
         out.append(

@@ -508,8 +508,8 @@ def _trace_calls(
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            out = model(example)
+        with torch.enable_grad():  # as in training: without grad, TransformerEncoderLayer's
+            out = model(example)  # fused fast path would skip its Linear modules
     except Exception as e:
         raise ValueError(
             f"cannot run {type(model).__name__} on an input of shape {tuple(example.shape)}: "

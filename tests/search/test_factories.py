@@ -70,6 +70,21 @@ def with_aux(width: int = 1, num_classes: int = 10, in_channels: int = 3):
     return WithAux(num_classes, in_channels)
 
 
+class Encoder(nn.Module):
+    def __init__(self, dim, num_classes, in_channels):
+        super().__init__()
+        self.patch = nn.Conv2d(in_channels, dim, 8, stride=8)
+        self.enc = nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.enc(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def encoder(dim: int = 16, num_classes: int = 10, in_channels: int = 3):
+    return Encoder(dim, num_classes, in_channels)
+
+
 def _split(x, y):
     k = len(x) // 8
     return {"x_train": x[2 * k:], "y_train": y[2 * k:], "x_val": x[:k], "y_val": y[:k],
@@ -400,6 +415,21 @@ def test_resnet_through_the_factory_path_is_searched_and_fetched_smaller(
     dense = sum(p.numel() for p in resnet(8, width, num_classes=4, in_channels=3).parameters())
     assert got.card["metrics"]["params_dense"] == dense
     assert sum(p.numel() for p in got.model.parameters()) < dense  # physically smaller
+    data = __import__("ptfx_user").images(128, side=32)
+    acc = evaluate(got.model, data["x_test"], data["y_test"])
+    assert acc == pytest.approx(got.card["metrics"]["test_accuracy"], abs=1e-6)
+
+
+def test_a_transformer_encoder_through_the_factory_path_is_fetched_smaller(
+    ray_local, user_dir, tmp_path
+):
+    """Channel gates on the feed-forward width of an nn.TransformerEncoderLayer: searched,
+    registered, fetched physically smaller, and the fetched model reproduces its record."""
+    from prunetune.prune import evaluate
+
+    run = _resnet_study(user_dir, tmp_path, "ptfx_user:encoder", {"dim": [8, 16]})
+    got = run["fetched"]
+    assert sum(p.numel() for p in got.model.parameters()) < got.card["metrics"]["params_dense"]
     data = __import__("ptfx_user").images(128, side=32)
     acc = evaluate(got.model, data["x_test"], data["y_test"])
     assert acc == pytest.approx(got.card["metrics"]["test_accuracy"], abs=1e-6)

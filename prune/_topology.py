@@ -224,6 +224,15 @@ class Topology:
                     "(the deprecated torch.nn.utils.weight_norm?). prunetune's masks need the "
                     f"weight itself: run torch.nn.utils.remove_weight_norm(model.{n}) first."
                 )
+        owner: dict[int, str] = {}
+        for n, m in prunable:
+            first = owner.setdefault(id(m.weight), n)
+            if first != n:
+                raise ValueError(
+                    f"layers {first} and {n} share one weight tensor (tied weights); prunetune "
+                    "masks and counts each layer's weight on its own: untie them first, e.g. "
+                    f"model.{n}.weight = nn.Parameter(model.{first}.weight.detach().clone())."
+                )
         order, positions, functional = _trace_calls(model, example, prunable)
         was_training = model.training
         model.eval()

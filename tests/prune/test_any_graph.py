@@ -402,3 +402,25 @@ def test_a_vit_with_class_token_and_position_embedding_builds_quietly():
         ("enc.layers.0.linear1", 64),
         ("enc.layers.1.linear1", 64),
     ]
+
+
+def test_layers_sharing_one_weight_are_refused_by_name():
+    """Tied weights would be masked twice and counted twice (the dense count was 714 for a
+    model of 458 parameters)."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = nn.Linear(16, 16)
+            self.b.weight = self.a.weight
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    model = Tied()
+    with pytest.raises(ValueError, match=r"^layers a and b share one weight tensor"):
+        Topology.build(model, torch.randn(2, 16))
+    model.b.weight = nn.Parameter(model.a.weight.detach().clone())  # the remedy it names
+    assert Topology.build(model, torch.randn(2, 16)).dense == 16 * 16 * 2 + 16 * 2 + 170

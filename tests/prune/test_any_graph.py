@@ -7,15 +7,13 @@ what the masked model computes; a group it cannot remove is fixed, with the reas
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo import train_briefly
 
-from prunetune.datasets import batches
-from prunetune.prune import Topology, TrainConfig, count_params, export_compact, make_method, train
+from prunetune.prune import Topology, count_params, export_compact
 from prunetune.prune.kfac import factors
 
 
@@ -78,28 +76,8 @@ class Mixing(nn.Module):
 
 
 def fit(model: nn.Module, shape: tuple[int, ...], cfg: dict, seed: int = 0):
-    """Two epochs on random data, then the method's hard masks (Gumbel's logits redrawn so
-    that its masks prune visibly)."""
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(32, *shape, generator=g)
-    ys = torch.randint(0, 10, (32,), generator=g)
-    data = SimpleNamespace(input_shape=shape, x_train=xs, y_train=ys, x_val=xs[:8], y_val=ys[:8])
-    topology = Topology.build(model, xs[:2])
-    method = make_method(cfg)
-    type(method).check(topology)
-    tc = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=seed)
-    train(
-        model,
-        method,
-        data,
-        tc,
-        topology=topology,
-        batches=lambda gen: batches(xs, ys, 8, generator=gen),
-    )
-    if cfg["name"] == "gumbel":
-        with torch.no_grad():
-            for gate in method.gates.values():
-                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) + 0.3)
+    """:func:`zoo.train_briefly` on inputs of ``shape``; ``(topology, masks, inputs)``."""
+    method, topology, xs = train_briefly(model, torch.zeros(2, *shape), cfg, seed)
     return topology, method.masks(), xs
 
 

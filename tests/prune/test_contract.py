@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from zoo import ZOO, output_layer
+from zoo import ZOO, output_layer, train_briefly
 
 from prunetune.datasets import batches, load_dataset
 from prunetune.models import build_model, cnn_spec, mlp_spec
@@ -223,31 +223,9 @@ def zoo_config(name: str) -> dict:
 
 
 def train_on_zoo(model_name: str, method_cfg: dict, seed: int = 0):
-    """A few steps on random data shaped like the zoo model's input, then the hard masks.
-    Gumbel's gate logits are then drawn at random so that its masks prune visibly."""
+    """:func:`zoo.train_briefly` on a zoo model; ``(model, x, method, topology)``."""
     model, x = ZOO[model_name](seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(32, *x.shape[1:], generator=g)
-    ys = torch.randint(0, 10, (32,), generator=g)
-    data = SimpleNamespace(
-        input_shape=tuple(x.shape[1:]), x_train=xs, y_train=ys, x_val=xs[:8], y_val=ys[:8]
-    )
-    method = make_method(method_cfg)
-    topology = Topology.build(model, x)
-    type(method).check(topology)
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=seed)
-    train(
-        model,
-        method,
-        data,
-        cfg,
-        batches=lambda gen: batches(xs, ys, cfg.batch_size, generator=gen),
-        topology=topology,
-    )
-    if method_cfg["name"] == "gumbel":
-        with torch.no_grad():
-            for gate in method.gates.values():
-                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) + 0.3)
+    method, topology, _ = train_briefly(model, x, method_cfg, seed)
     return model, x, method, topology
 
 

@@ -327,6 +327,40 @@ ZOO: dict[str, Callable[..., tuple[nn.Module, torch.Tensor]]] = {
 }
 
 
+def train_briefly(model: nn.Module, x: torch.Tensor, method_cfg: dict, seed: int = 0):
+    """Two epochs of batch 8 on 32 random inputs shaped like ``x`` (random labels of 10
+    classes), after the method's structure check; returns ``(method, topology, inputs)``.
+    Gumbel's gate logits are then drawn at random so that its masks prune visibly."""
+    from types import SimpleNamespace
+
+    from prunetune.datasets import batches
+    from prunetune.prune import Topology, TrainConfig, make_method, train
+
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(32, *x.shape[1:], generator=g)
+    ys = torch.randint(0, 10, (32,), generator=g)
+    data = SimpleNamespace(
+        input_shape=tuple(x.shape[1:]), x_train=xs, y_train=ys, x_val=xs[:8], y_val=ys[:8]
+    )
+    method = make_method(method_cfg)
+    topology = Topology.build(model, x)
+    type(method).check(topology)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, seed=seed)
+    train(
+        model,
+        method,
+        data,
+        cfg,
+        batches=lambda gen: batches(xs, ys, cfg.batch_size, generator=gen),
+        topology=topology,
+    )
+    if method_cfg["name"] == "gumbel":
+        with torch.no_grad():
+            for gate in method.gates.values():
+                gate.logits.copy_(torch.randn(gate.logits.shape, generator=g) + 0.3)
+    return method, topology, xs
+
+
 def output_layer(model: nn.Module) -> nn.Linear:
     """The classifier: the last ``nn.Linear`` registered (true of every zoo model)."""
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]

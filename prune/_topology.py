@@ -217,22 +217,7 @@ class Topology:
             )
         if any(parametrize.is_parametrized(m) for _, m in model.named_modules()):
             _refuse_parametrized(model)
-        for n, m in prunable:
-            if not isinstance(m._parameters.get("weight"), nn.Parameter):
-                raise ValueError(
-                    f"layer {n}'s weight is not a parameter: a forward pre-hook computes it "
-                    "(the deprecated torch.nn.utils.weight_norm?). prunetune's masks need the "
-                    f"weight itself: run torch.nn.utils.remove_weight_norm(model.{n}) first."
-                )
-        owner: dict[int, str] = {}
-        for n, m in prunable:
-            first = owner.setdefault(id(m.weight), n)
-            if first != n:
-                raise ValueError(
-                    f"layers {first} and {n} share one weight tensor (tied weights); prunetune "
-                    "masks and counts each layer's weight on its own: untie them first, e.g. "
-                    f"model.{n}.weight = nn.Parameter(model.{first}.weight.detach().clone())."
-                )
+        _refuse_unmaskable(prunable)
         order, positions, functional = _trace_calls(model, example, prunable)
         was_training = model.training
         model.eval()
@@ -477,6 +462,27 @@ def _refuse_parametrized(model: nn.Module) -> None:
                 "masks attach as parametrizations and need the plain tensor: remove it first "
                 f"with torch.nn.utils.parametrize.remove_parametrizations({where}, {tensor!r}) "
                 "(its current values stay)."
+            )
+
+
+def _refuse_unmaskable(prunable: list[tuple[str, nn.Module]]) -> None:
+    """Raise for a prunable layer whose weight a mask cannot own: one a forward pre-hook
+    computes (the deprecated ``torch.nn.utils.weight_norm``), or one another layer shares."""
+    owner: dict[int, str] = {}
+    for n, m in prunable:
+        w = m._parameters.get("weight")
+        if not isinstance(w, nn.Parameter):
+            raise ValueError(
+                f"layer {n}'s weight is not a parameter: a forward pre-hook computes it "
+                "(the deprecated torch.nn.utils.weight_norm?). prunetune's masks need the "
+                f"weight itself: run torch.nn.utils.remove_weight_norm(model.{n}) first."
+            )
+        first = owner.setdefault(id(w), n)
+        if first != n:
+            raise ValueError(
+                f"layers {first} and {n} share one weight tensor (tied weights); prunetune "
+                "masks and counts each layer's weight on its own: untie them first, e.g. "
+                f"model.{n}.weight = nn.Parameter(model.{first}.weight.detach().clone())."
             )
 
 

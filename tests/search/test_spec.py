@@ -172,6 +172,7 @@ def test_shipped_studies_are_valid():
         "fashion-lenet5.yaml",
         "mnist-lenet300.yaml",
         "fashion-extreme.yaml",
+        "fashion-resnet20.yaml",
     } <= set(names)
     for name in names:
         assert load_spec(REPO / "studies" / name).spec.name

@@ -351,6 +351,55 @@ def _join_ray(opts: RunOptions, vspec: ValidatedSpec) -> None:
         ) from None
 
 
+def _nodes_fit(cpu: float, gpu: float, address: str | None) -> str | None:
+    """Why no node of the Ray cluster can hold one trial (``cpu`` CPUs and ``gpu`` GPUs on one
+    node), or None where one can. Without a cluster yet (``address`` None and Ray not
+    started), the node is this machine as a local Ray would count it: its CPUs, and the CUDA
+    devices torch sees (a trial given a GPU trains on it with this process's torch)."""
+    import ray
+
+    if ray.is_initialized() or address is not None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        where = f"the Ray cluster's {len(nodes)} node(s)"
+    else:
+        import torch
+        from ray._private.utils import get_num_cpus
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        nodes = [{"CPU": get_num_cpus(), "GPU": gpus}]
+        where = (
+            f"this machine (torch {torch.__version__}: "
+            f"{f'{gpus} CUDA device(s)' if gpus else 'no CUDA device'})"
+        )
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return None
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes)
+    return f"no node of {where} has that much ({have or 'no live node'})"
+
+
+def _check_resources(vspec: ValidatedSpec, address: str | None) -> None:
+    """Refuse, before any store is written, a study whose one trial fits no node of a local
+    Ray (Tune would wait for it forever, warning once a minute); on a joined cluster, whose
+    autoscaler may still add such a node, say so once and go on.
+
+    Raises:
+        ConfigError: naming ``search.resources`` and what the machine has.
+    """
+    res = vspec.spec.search.resources
+    why = _nodes_fit(res.cpu, res.gpu, address)
+    if why is None:
+        return
+    msg = f"search.resources is {{cpu: {res.cpu:g}, gpu: {res.gpu:g}}} per trial, but {why}"
+    if address is None:
+        hint = "set gpu: 0" if res.gpu > 0 else "lower cpu"
+        raise ConfigError(f"{msg}; {hint}, or pass --ray-address of a cluster that has it.")
+    print(
+        f"[prunetune] warning: {msg}; trials wait until the cluster's autoscaler adds one.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _define_by_run(trial: Any, vspec: ValidatedSpec) -> dict[str, Any]:
     from prunetune.search.space import sample_config
 
@@ -443,6 +492,7 @@ def run_study(vspec: ValidatedSpec, opts: RunOptions | None = None) -> StudyOutc
 
     if opts.ray_address is not None:  # a cluster that cannot be reached: before any store
         _join_ray(opts, vspec)
+    _check_resources(vspec, opts.ray_address)
     rdb = open_storage(storage, spec.search.heartbeat_grace)
     study, study_name = prepare_study(vspec, rdb, opts.fresh)
     complete = _finished(study)

@@ -169,6 +169,37 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_spec, tmp_path):
         cluster.shutdown()
 
 
+def test_a_joined_cluster_whose_nodes_cannot_hold_a_trial_is_warned_about(tiny_spec, capsys):
+    # A trial must fit on one node: 1 + 1 CPUs on two nodes do not hold {cpu: 2}. A joined
+    # cluster's autoscaler may still add a node, so the driver says so and goes on.
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from prunetune.search.runner import _check_resources
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="ERROR")
+        for resources, warned in [
+            ({"cpu": 1, "gpu": 1}, False),  # the second node
+            ({"cpu": 2, "gpu": 0}, True),
+            ({"cpu": 1, "gpu": 2}, True),
+        ]:
+            tiny_spec["search"]["resources"] = resources
+            _check_resources(parse_spec(tiny_spec), cluster.address)
+            err = capsys.readouterr().err
+            assert ("autoscaler" in err) is warned, (resources, err)
+            if warned:
+                assert "1 CPU + 0 GPU" in err and "1 CPU + 1 GPU" in err, err
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def _free_port() -> int:
     import socket
 

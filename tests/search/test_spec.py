@@ -164,6 +164,29 @@ def test_missing_dataset_files_fail_before_anything_is_created(tmp_path, monkeyp
     assert sorted(os.listdir(tmp_path)) == ["s.yaml"]
 
 
+@pytest.mark.parametrize(
+    ("resources", "says"),
+    [({"cpu": 1, "gpu": 0.25}, "set gpu: 0"), ({"cpu": 64, "gpu": 0}, "lower cpu")],
+)
+def test_a_trial_no_local_node_can_hold_fails_before_anything_is_created(
+    tmp_path, monkeypatch, resources, says
+):
+    # Tune would queue it and warn once a minute, forever: this machine has no CUDA device
+    # torch can use (the CPU wheel) and fewer than 64 CPUs.
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(_with("search.resources", resources)))
+    result = CliRunner().invoke(app, ["search", "s.yaml"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert f"search.resources is {{cpu: {resources['cpu']}, gpu: {resources['gpu']}}}" in out
+    assert "no CUDA device" in out and says in out
+    assert os.listdir(tmp_path) == ["s.yaml"]
+
+
 def test_shipped_studies_are_valid():
     names = sorted(p.name for p in (REPO / "studies").glob("*.yaml"))
     assert {

@@ -94,6 +94,19 @@ class StudyFailed(RuntimeError):
 
 
 # -- the driver: one Tune callback feeds the live view and the MLflow mirror -------------------
+#: Without a terminal, a running trial's latest epoch is printed at most this often (seconds),
+#: so that a log shows long trials progressing between their "done" lines.
+PROGRESS_LINE_S = 30.0
+
+
+def _epochs(trial_config: Mapping[str, Any] | None) -> int | None:
+    """Epochs a trial reports (training and fine-tuning), where its config says."""
+    train = (trial_config or {}).get("train") or {}
+    if "epochs" not in train:
+        return None
+    return int(train["epochs"]) + int(train.get("finetune_epochs") or 0)
+
+
 def _driver(
     total: int,
     already: int,
@@ -124,6 +137,7 @@ def _driver(
             self.max_failures, self.mirror, self.lines = spec.search.max_failures, mirror, lines
             self.t0 = time.time()
             self.running: dict[str, float] = {}
+            self.said: dict[str, float] = {}  # Tune trial id → when its last epoch line printed
             self.done: list[dict[str, Any]] = []
             self.failures: list[str] = []
             self.overheads: list[float] = []  # seconds per trial: the driver's view − training
@@ -134,7 +148,7 @@ def _driver(
             return {}
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.running[trial.trial_id] = time.time()
+            self.running[trial.trial_id] = self.said[trial.trial_id] = time.time()
             self.peak = max(self.peak, len(self.running))
             if self.mirror:
                 self.mirror.trial_started(_number(trial), trial.config["trial_config"])
@@ -142,12 +156,25 @@ def _driver(
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # fmt: skip
             if self.mirror:
                 self.mirror.trial_epochs(_number(trial), result.get("epoch_rows"))
+            rows = result.get("epoch_rows") or ()
+            now = time.time()
+            if self.lines and rows and now - self.said.get(trial.trial_id, 0) >= PROGRESS_LINE_S:
+                self.said[trial.trial_id] = now
+                r, total = rows[-1], _epochs(trial.config.get("trial_config"))
+                of = f"/{total}" if total else ""
+                msg = f"trial {_number(trial)} epoch {int(r.get('epoch', 0))}{of}:"
+                if self.metric in r:
+                    msg += f" {self.metric}={r[self.metric]:.4g}"
+                if "params" in r and "density" in r:
+                    msg += f" params={int(r['params'])} ({100 * r['density']:.2f}%)"
+                print(f"[prunetune] {msg}", file=sys.stderr, flush=True)
 
         def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:  # fmt: skip
             self.checkpoints[trial.trial_id] = checkpoint.path
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result or {}
+            self.said.pop(trial.trial_id, None)
             if not r.get("final") and trial.trial_id in self.stopped:
                 self.running.pop(trial.trial_id, None)
                 epoch = self.stopped[trial.trial_id]
@@ -180,6 +207,7 @@ def _driver(
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, why: str = "", **info: Any) -> None:  # fmt: skip
             self.running.pop(trial.trial_id, None)
+            self.said.pop(trial.trial_id, None)
             self.failures.append(why or _error_summary(trial))
             if self.mirror:
                 self.mirror.trial_failed(_number(trial), self.failures[-1])

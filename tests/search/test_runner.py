@@ -323,6 +323,41 @@ def test_the_live_view_counts_trials_front_and_best_per_budget(tiny_spec):
     assert d.failures == ["ValueError: boom"] and not d.stop_all()  # max_failures is 3
 
 
+def test_without_a_terminal_a_running_trial_prints_its_latest_epoch_at_most_every_interval(
+    tiny_spec, capsys, monkeypatch
+):
+    """A log of long trials shows progress between their "done" lines: the latest epoch of a
+    result's batch, no more often than PROGRESS_LINE_S per trial."""
+    from types import SimpleNamespace
+
+    from prunetune.search import runner
+
+    train = {"epochs": 4, "finetune_epochs": 2}
+    trial = SimpleNamespace(
+        trial_id="a", error_file=None, config={"trial_number": 7, "trial_config": {"train": train}}
+    )
+
+    spec = parse_spec(tiny_spec).spec
+    d = runner._driver(total=1, already=0, spec=spec, mirror=None, lines=True, stopped={})
+    rows = [
+        {"epoch": e, "val_accuracy": 0.5 + e / 10, "params": 100 - e, "density": 0.1 - e / 100}
+        for e in (1, 2, 3)
+    ]
+    monkeypatch.setattr(runner, "PROGRESS_LINE_S", 0.0)
+    d.on_trial_start(0, [], trial)
+    d.on_trial_result(0, [], trial, {"epoch_rows": rows[:2]})
+    assert capsys.readouterr().err == (
+        "[prunetune] trial 7 epoch 2/6: val_accuracy=0.7 params=98 (8.00%)\n"
+    )
+    monkeypatch.setattr(runner, "PROGRESS_LINE_S", 3600.0)  # within the interval: quiet
+    d.on_trial_result(0, [], trial, {"epoch_rows": rows[2:]})
+    assert capsys.readouterr().err == ""
+    quiet = runner._driver(total=1, already=0, spec=spec, mirror=None, lines=False, stopped={})
+    monkeypatch.setattr(runner, "PROGRESS_LINE_S", 0.0)
+    quiet.on_trial_result(0, [], trial, {"epoch_rows": rows})  # a terminal: the live view
+    assert capsys.readouterr().err == ""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -379,9 +379,10 @@ def _join_ray(opts: RunOptions, vspec: ValidatedSpec) -> None:
         ) from None
 
 
-def _nodes_fit(cpu: float, gpu: float, address: str | None) -> str | None:
+def _nodes_fit(cpu: float, gpu: float, address: str | None) -> tuple[str, str] | None:
     """Why no node of the Ray cluster can hold one trial (``cpu`` CPUs and ``gpu`` GPUs on one
-    node), or None where one can. Without a cluster yet (``address`` None and Ray not
+    node), and the remedy (lower ``gpu`` where no node has that many GPUs, to 0 where none has
+    any; else lower ``cpu``), or None where one can. Without a cluster yet (``address`` None and Ray not
     started), the node is this machine as a local Ray would count it: its CPUs, and the CUDA
     devices torch sees (a trial given a GPU trains on it with this process's torch)."""
     import ray
@@ -402,7 +403,11 @@ def _nodes_fit(cpu: float, gpu: float, address: str | None) -> str | None:
     if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
         return None
     have = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes)
-    return f"no node of {where} has that much ({have or 'no live node'})"
+    if any(n.get("GPU", 0) >= gpu for n in nodes):
+        hint = "lower cpu"
+    else:
+        hint = "lower gpu" if any(n.get("GPU", 0) > 0 for n in nodes) else "set gpu: 0"
+    return f"no node of {where} has that much ({have or 'no live node'})", hint
 
 
 def _check_resources(vspec: ValidatedSpec, address: str | None) -> None:
@@ -414,12 +419,12 @@ def _check_resources(vspec: ValidatedSpec, address: str | None) -> None:
         ConfigError: naming ``search.resources`` and what the machine has.
     """
     res = vspec.spec.search.resources
-    why = _nodes_fit(res.cpu, res.gpu, address)
-    if why is None:
+    misfit = _nodes_fit(res.cpu, res.gpu, address)
+    if misfit is None:
         return
+    why, hint = misfit
     msg = f"search.resources is {{cpu: {res.cpu:g}, gpu: {res.gpu:g}}} per trial, but {why}"
     if address is None:
-        hint = "set gpu: 0" if res.gpu > 0 else "lower cpu"
         raise ConfigError(f"{msg}; {hint}, or pass --ray-address of a cluster that has it.")
     print(
         f"[prunetune] warning: {msg}; trials wait until the cluster's autoscaler adds one.",

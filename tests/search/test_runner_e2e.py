@@ -175,7 +175,7 @@ def test_a_joined_cluster_whose_nodes_cannot_hold_a_trial_is_warned_about(tiny_s
     import ray
     from ray.cluster_utils import Cluster
 
-    from prunetune.search.runner import _check_resources
+    from prunetune.search.runner import _check_resources, _nodes_fit
 
     if ray.is_initialized():
         ray.shutdown()
@@ -195,6 +195,9 @@ def test_a_joined_cluster_whose_nodes_cannot_hold_a_trial_is_warned_about(tiny_s
             assert ("autoscaler" in err) is warned, (resources, err)
             if warned:
                 assert "1 CPU + 0 GPU" in err and "1 CPU + 1 GPU" in err, err
+        # the remedy a local Ray's refusal names: what no node has enough of
+        assert _nodes_fit(2, 0, cluster.address)[1] == "lower cpu"
+        assert _nodes_fit(1, 2, cluster.address)[1] == "lower gpu"
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -140,6 +140,23 @@ class PruningMethod(ABC):
         """Scalars worth logging per epoch (temperature, penalty, ...)."""
         return {}
 
+    def last_event_step(self) -> int:
+        """The optimiser step of this method's last scheduled prune or rewind (after
+        ``attach``). Accuracy drops at such an event and recovers as the weights train on, so
+        a check for a model that fell to chance waits a full epoch past it. Default 0: masks
+        set at initialisation, or learned all along (a fall to chance is then the method's
+        doing, e.g. Gumbel's penalty)."""
+        return 0
+
+    def settled(self, epochs_done: int) -> bool:
+        """Whether a full epoch of training has followed the last scheduled prune or rewind,
+        after ``epochs_done`` epochs (epochs of a fine-tune phase count on)."""
+        last = self.last_event_step()
+        if last <= 0:
+            return True
+        per = self.ctx.steps_per_epoch  # type: ignore[attr-defined]
+        return epochs_done * per >= last + per
+
     def budget_count(self, now: int) -> int:
         """The kept parameters this method will reach, given ``now`` (the count of its current
         masks): a method that prunes late to a fixed budget answers its budget's count, so an

@@ -103,6 +103,10 @@ class NeuronPruning(PruningMethod):
         self.alive = keep
         self._channels.set(keep)
 
+    def last_event_step(self) -> int:
+        """The last removal of the schedule."""
+        return max(self.event_steps, default=0)
+
     def budget_count(self, now: int) -> int:
         """The count after the last removal, if it happened now (the current scores choose)."""
         if not self.groups or self._done >= len(self.event_steps):

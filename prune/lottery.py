@@ -77,6 +77,10 @@ class LotteryTicket(ScoredMasks):
             self.prune_to(scores, target, self.config["scope"], eligible=self.current())
             self.rewind()
 
+    def last_event_step(self) -> int:
+        """The last round's prune and rewind."""
+        return self.rounds * self.round_steps
+
     def rewind(self) -> None:
         """Restore the weights saved at the rewind step and forget the optimiser's state."""
         assert self.saved is not None  # rewind_step < round_steps: saved in round 1

@@ -48,6 +48,9 @@ class MagnitudePruning(ScoredMasks):
         self.prune_step = round(self.config["prune_at"] * ctx.total_steps)
         self.on_step(0)
 
+    def last_event_step(self) -> int:
+        return self.prune_step
+
     def on_step(self, step: int) -> None:
         if step == self.prune_step:
             scores = {n: w.detach().abs() for n, w in self.weights().items()}

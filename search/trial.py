@@ -452,10 +452,12 @@ def run_trial(
 
     def stop(row: dict[str, float]) -> bool:
         # At chance after having learned: the sparsity pressure destroyed the model. A model
-        # that has not learned yet (the first epochs of a small data set) trains on.
+        # that has not learned yet (the first epochs of a small data set) trains on, and so
+        # does one within an epoch of its method's last scheduled prune or rewind (magnitude,
+        # lottery, the neuron schedules), from which it recovers.
         if chance is not None:
             at_chance = chance.holds(row["val_accuracy"])
-            if at_chance and learned[0]:
+            if at_chance and learned[0] and method.settled(int(row["epoch"])):
                 row["collapsed"] = 1.0
             learned[0] = learned[0] or not at_chance
         return bool(row.get("collapsed"))

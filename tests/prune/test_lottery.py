@@ -52,6 +52,8 @@ def test_rounds_prune_geometrically_and_rewind_to_the_saved_weights():
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     ctx.extra["optimizer"] = opt
     assert (method.rounds, method.round_steps, method.rewind_step) == (2, 5, 1)
+    assert method.last_event_step() == 10  # the second round's prune and rewind
+    assert [method.settled(e) for e in (1, 2)] == [False, True]  # 10 steps per epoch
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     saved = None
     for step in range(1, 11):

@@ -151,3 +151,23 @@ def test_global_allocation_keeps_one_unit_per_layer():
 def test_prune_start_after_prune_end_is_rejected():
     with pytest.raises(ValueError, match=r"`prune_start <= prune_end` must hold.*0\.9.*0\.5"):
         make_method({"name": "magnitude_neuron", "prune_start": 0.9, "prune_end": 0.5})
+
+
+def test_a_model_is_settled_a_full_epoch_after_the_last_scheduled_prune():
+    """A fall to chance right after a scheduled prune is not a collapse: the run checks
+    ``settled`` (epochs done × steps per epoch ≥ last event + one epoch) before stopping."""
+    spec = mlp_spec((4,), [100], 2)
+    one_shot = make_method({"name": "magnitude", "density": 0.1, "prune_at": 0.5})
+    one_shot.attach(build_model(spec), _ctx(build_model(spec), (4,), epochs=4, steps=10))
+    assert one_shot.last_event_step() == 20  # pruned at the end of epoch 2
+    assert [one_shot.settled(e) for e in range(1, 5)] == [False, False, True, True]
+    model = build_model(spec)
+    neurons = make_method(
+        {"name": "magnitude_neuron", "neurons": 0.1, "prune_start": 0.1, "prune_end": 0.45}
+    )
+    neurons.attach(model, _ctx(model, (4,), epochs=10, steps=10))
+    assert neurons.last_event_step() == 45  # mid-epoch 5: settled once epoch 6 has ended
+    assert [neurons.settled(e) for e in (5, 6)] == [False, True]
+    snip = make_method({"name": "snip", "density": 0.1})  # pruned at initialisation
+    snip.attach(model := build_model(spec), _ctx(model, (4,), epochs=4, steps=10))
+    assert snip.last_event_step() == 0 and snip.settled(1)

@@ -178,6 +178,8 @@ class Rungs:
         points: ``{level: {trial key: (metric_min, log10_params)}}`` in arrival order.
         decisions: ``{level: {trial key: continued}}`` for the trials decided in this process
             (points rebuilt from history carry no decision).
+        excused: ``{level: {trial keys}}``: trials that passed the rung unjudged
+            (:meth:`excuse`); they hold no point there and take no place from later arrivals.
 
     Example:
         >>> Rungs(grace_epochs=2, reduction_factor=2, max_epochs=8).levels
@@ -191,14 +193,24 @@ class Rungs:
         self.levels = rung_levels(grace_epochs, reduction_factor, max_epochs)
         self.points: dict[int, dict[Hashable, Point]] = {r: {} for r in self.levels}
         self.decisions: dict[int, dict[Hashable, bool]] = {r: {} for r in self.levels}
+        self.excused: dict[int, set[Hashable]] = {r: set() for r in self.levels}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a scheduler checkpointed before ``excused`` existed restores with none excused
+        self.__dict__.update(state)
+        self.__dict__.setdefault("excused", {r: set() for r in self.levels})
 
     def quota(self, n: int) -> int:
         """How many of a rung's ``n`` points continue: ``ceil(n / η)``."""
         return -(-n // self.reduction_factor)
 
     def _new_levels(self, key: Hashable, epoch: int) -> list[int]:
-        """Rungs at or below ``epoch`` that hold no point of ``key`` yet."""
-        return [r for r in self.levels if r <= epoch and key not in self.points[r]]
+        """Rungs at or below ``epoch`` that have neither judged nor excused ``key`` yet."""
+        return [
+            r
+            for r in self.levels
+            if r <= epoch and key not in self.points[r] and key not in self.excused[r]
+        ]
 
     def decide(self, level: int, key: Hashable, point: Point) -> bool:
         """Whether ``key`` arriving at rung ``level`` with ``point`` continues; records it."""
@@ -230,17 +242,30 @@ class Rungs:
         # all() stops at the first rung that stops the trial: it is recorded nowhere above
         return all(self.decide(level, trial_id, point) for level in new)
 
+    def excuse(self, trial_id: Hashable, epoch: int) -> None:
+        """Let a trial pass the rungs it reaches after ``epoch`` epochs unjudged.
+
+        For a trial whose values say nothing yet of where it ends: its method prunes or rewinds
+        on a schedule, and the last such event is less than an epoch behind it (a magnitude
+        trial before its prune is dense; a lottery trial just rewound is near chance). It holds
+        no point at these rungs, so it takes no place from the trials that arrive later, and its
+        next rung judges it on values from that rung's own epoch.
+        """
+        for level in self._new_levels(trial_id, int(epoch)):
+            self.excused[level].add(trial_id)
+
     def rebuild(
         self,
-        history: Mapping[Hashable, Mapping[int, Point]],
+        history: Mapping[Hashable, Mapping[int, Point | None]],
         stopped: Mapping[Hashable, int] | None = None,
     ) -> None:
         """Put past trials' points back on the rungs, deciding nothing (resume).
 
         Args:
             history: ``{trial key: {epoch: (metric_min, log10_params)}}``, trials in arrival
-                order (e.g. by trial number: it breaks ties between identical points). Keys
-                must differ from the keys of trials recorded later.
+                order (e.g. by trial number: it breaks ties between identical points); a point
+                of ``None`` is an epoch the trial was excused at (:meth:`excuse`). Keys must
+                differ from the keys of trials recorded later.
             stopped: ``{trial key: epoch}`` of trials stopped at a rung; their values after
                 that epoch (rows that travelled in the same batch) are left out, as the live
                 run left them out.
@@ -251,9 +276,12 @@ class Rungs:
             for epoch in sorted(by_epoch):
                 if epoch > last:
                     break
-                a, b = by_epoch[epoch]
+                point = by_epoch[epoch]
+                if point is None:
+                    self.excuse(key, epoch)
+                    continue
                 for level in self._new_levels(key, int(epoch)):
-                    self.points[level][key] = (float(a), float(b))
+                    self.points[level][key] = (float(point[0]), float(point[1]))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{r}: {len(p)}" for r, p in self.points.items())
@@ -270,7 +298,9 @@ def _make_moasha() -> type:
 
         Trials report ``epoch_rows``: lists of per-epoch rows (``epoch``, the metric, the size
         metric), several epochs per result when the worker batches them. Each row is recorded
-        in order; the first rung the trial fails stops it. Rows in a trial's final result
+        in order; the first rung the trial fails stops it. A row with ``settling`` set (its
+        method's last scheduled prune or rewind is less than an epoch behind it) excuses the
+        trial from the rungs it reaches (:meth:`Rungs.excuse`). Rows in a trial's final result
         (``final`` set) are recorded for the trials to come but stop nothing: that trial has
         already finished. A result without ``epoch_rows`` is read as one row.
 
@@ -339,6 +369,9 @@ def _make_moasha() -> type:
             final = bool(result.get("final"))
             for row in self.rows(result):
                 epoch, (a, b) = self.point(row)
+                if row.get("settling"):
+                    self.rungs.excuse(trial.trial_id, epoch)
+                    continue
                 if self.rungs.record(trial.trial_id, epoch, a, b) is False and not final:
                     self.stopped[trial.trial_id] = epoch
                     return TrialScheduler.STOP
@@ -352,9 +385,13 @@ def _make_moasha() -> type:
             """Rebuild the rungs from past trials' epoch rows (``{key: rows}``, trials in
             arrival order; keys unlike Tune trial ids, e.g. ``("trial", number)``): see
             :meth:`Rungs.rebuild`."""
+
+            def entry(row: Mapping[str, Any]) -> tuple[int, Point | None]:
+                epoch, point = self.point(row)
+                return epoch, None if row.get("settling") else point
+
             self.rungs.rebuild(
-                {key: dict(self.point(row) for row in rows) for key, rows in history.items()},
-                stopped,
+                {key: dict(map(entry, rows)) for key, rows in history.items()}, stopped
             )
 
         def debug_string(self) -> str:
@@ -362,7 +399,8 @@ def _make_moasha() -> type:
             return (
                 f"Using MO-ASHA (η={self.rungs.reduction_factor}): rungs at epochs "
                 f"{list(self.rungs.levels)}, points per rung {{{sizes}}}, "
-                f"{len(self.stopped)} trials stopped."
+                f"{len(self.stopped)} trials stopped, "
+                f"{len(set().union(*self.rungs.excused.values()))} passed a rung unjudged."
             )
 
         def save(self, checkpoint_path: str) -> None:

@@ -27,7 +27,9 @@ ATTR_RESULT = "result"  # the trial's final metrics (test metrics, dense count, 
 ATTR_CONFIG = "config"  # the full trial config the worker ran
 ATTR_CHECKPOINT = "checkpoint"  # where Tune stored the trial's weights and masks
 ATTR_REFERENCE = "hv_reference"  # [metric, params] fixed when the study starts
-ATTR_CURVE = "curve"  # [[epoch, metric, params], ...] reported so far (studies with a scheduler)
+# [[epoch, metric, params], ...] reported so far (studies with a scheduler); an epoch that was
+# ``settling`` (an early-stopping rung let it pass unjudged) has a fourth entry, 1
+ATTR_CURVE = "curve"
 ATTR_STOPPED = "stopped_at_epoch"  # a PRUNED trial: the epoch its rung stopped it after
 ATTR_LAST = "last_values"  # a PRUNED trial: its metric and params at that epoch
 # A COMPLETE trial whose model collapsed (no live path, or chance accuracy): it keeps its true
@@ -193,7 +195,7 @@ def searcher_class() -> type:
             t = self._ot_trials[trial_id]
             curve = self._curves.setdefault(trial_id, [])
             metric = self.metric[0]
-            curve += [[int(r["epoch"]), r.get(metric), r.get("params")] for r in rows]
+            curve += [_curve_point(r, metric) for r in rows]
             _retry(lambda: t.set_user_attr(ATTR_CURVE, curve), f"recording trial {t.number}")
 
         def on_trial_complete(
@@ -209,11 +211,7 @@ def searcher_class() -> type:
                 # Tune hands the stopping result to the scheduler, not to on_trial_result
                 curve = self._curves.setdefault(trial_id, [])
                 rows = (result or {}).get("epoch_rows") or []
-                curve += [
-                    [int(r["epoch"]), r.get(self.metric[0]), r.get("params")]
-                    for r in rows
-                    if int(r["epoch"]) <= epoch
-                ]
+                curve += [_curve_point(r, self.metric[0]) for r in rows if int(r["epoch"]) <= epoch]
 
                 def prune() -> None:
                     t.set_user_attr(ATTR_CURVE, curve)
@@ -270,11 +268,18 @@ def rung_history(
             continue
         key = ("trial", t.number)
         rows[key] = [
-            {"epoch": int(e), metric: m, "params": p} for e, m, p in t.user_attrs[ATTR_CURVE]
+            {"epoch": int(e), metric: m, "params": p, **({"settling": 1.0} if flag else {})}
+            for e, m, p, *flag in t.user_attrs[ATTR_CURVE]
         ]
         if t.state.name == "PRUNED" and ATTR_STOPPED in t.user_attrs:
             stopped[key] = int(t.user_attrs[ATTR_STOPPED])
     return rows, stopped
+
+
+def _curve_point(row: dict[str, Any], metric: str) -> list[Any]:
+    """One epoch of :data:`ATTR_CURVE`: ``[epoch, metric, params]``, and 1 if it was settling."""
+    point = [int(row["epoch"]), row.get(metric), row.get("params")]
+    return [*point, 1] if row.get("settling") else point
 
 
 def _retry(fn: Any, what: str, seconds: float = 300.0) -> None:

@@ -375,7 +375,8 @@ def run_trial(
 
     Args:
         config: a :class:`TrialConfig` or a mapping validated into one.
-        report: called after each epoch with that epoch's metrics.
+        report: called after each epoch with that epoch's metrics; ``settling`` is 1 in the
+            epochs before a full one has followed the method's last scheduled prune or rewind.
         teachers: distillation teachers' weights by key (:mod:`prunetune.search._teacher`),
             as a study's driver ships them; a teacher not given is loaded from prunetune's
             cache or trained there, once.
@@ -448,6 +449,15 @@ def run_trial(
             row["collapsed"] = 1.0
         return row
 
+    def report_epoch(row: dict[str, float]) -> None:
+        # ``settling``: less than an epoch past the method's last scheduled prune or rewind (a
+        # late pruner is still dense, a lottery ticket just rewound near chance). An
+        # early-stopping rung lets such an epoch pass unjudged (search/_moasha.py).
+        if not method.settled(int(row["epoch"])):
+            row["settling"] = 1.0
+        if report is not None:
+            report(row)
+
     learned = [False]  # validation accuracy was above chance at some epoch
 
     def stop(row: dict[str, float]) -> bool:
@@ -470,7 +480,7 @@ def run_trial(
         data,
         tcfg,
         batches=epoch_batches,
-        report=report,
+        report=report_epoch,
         epoch_metrics=epoch_metrics,
         topology=topology,
         teacher=teacher,

@@ -102,3 +102,42 @@ def test_a_time_budget_starts_no_trial_after_it_ends(ray_local, tmp_path):
     # every recorded trial trained its full 3 epochs: none was cut short
     assert all(r["epoch_rows"] is not None for r in outcome.results)
     assert outcome.wall_seconds < 4 + 60
+
+
+def test_a_late_pruner_passes_the_rungs_until_its_prune_has_settled(ray_local, tmp_path):
+    # Magnitude prunes at the end of epoch 2 of 4: dense until then, and an epoch later judged
+    # like any trial. Rungs at epochs 1 and 3 (η = 3).
+    import optuna
+
+    from prunetune.search._record import ATTR_CONFIG
+    from prunetune.search.runner import _scheduler
+
+    spec = copy.deepcopy(SPEC) | {"name": "settle"}
+    spec["methods"] = {
+        "gumbel": {"lam": [0.01, 10.0]},
+        "magnitude": {"density": [0.05, 0.3], "prune_at": 0.5},
+    }
+    spec["train"] = {**spec["train"], "epochs": 4}
+    spec["search"] = {
+        **spec["search"],
+        "n_trials": 6,
+        "scheduler": {"name": "mo-asha", "grace_epochs": 1, "reduction_factor": 3},
+    }
+    spec["tracking"] = {"enabled": False}
+    vspec = parse_spec(spec)
+    outcome = run_study(vspec, RunOptions(workdir=tmp_path, progress=False))
+    assert outcome.failed == 0
+    study = optuna.load_study(study_name="settle", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    method = {t.number: t.user_attrs[ATTR_CONFIG]["method"]["name"] for t in study.trials}
+    assert sorted(set(method.values())) == ["gumbel", "magnitude"]
+    for t in study.trials:
+        # the curve marks the epochs that were settling with a fourth entry
+        settling = [row[0] for row in t.user_attrs["curve"] if row[3:] == [1]]
+        assert settling == ([1, 2] if method[t.number] == "magnitude" else []), t.number
+        if method[t.number] == "magnitude" and t.state.name == "PRUNED":
+            assert t.user_attrs["stopped_at_epoch"] == 3  # never at rung 1
+    # resumed: the rungs come back with the magnitude trials excused at rung 1
+    rungs = _scheduler(vspec, study).rungs
+    late = {("trial", n) for n, m in method.items() if m == "magnitude"}
+    assert rungs.excused == {1: late, 3: set()}
+    assert set(rungs.points[1]) == {("trial", n) for n, m in method.items() if m == "gumbel"}

@@ -191,6 +191,39 @@ def test_rebuild_from_history_then_decide_a_new_arrival():
     assert Rungs(1, 3, 4).record("x", 3, -0.65, 2.5) is True
 
 
+def test_an_excused_trial_passes_its_rungs_unjudged_and_takes_no_place():
+    rungs = Rungs(1, 3, 10)  # rungs 1, 3, 9
+    assert rungs.record("a", 1, -0.5, 3.0) is True
+    assert rungs.record("b", 1, -0.4, 3.0) is False
+    rungs.excuse("m", 1)  # a late pruner, still dense at epoch 1
+    assert rungs.points[1] == {"a": (-0.5, 3.0), "b": (-0.4, 3.0)}
+    assert rungs.excused[1] == {"m"} and rungs.decisions[1] == {"a": True, "b": False}
+    # c, second of three at rung 1, gets ceil(3/3) = 1 place: stopped as if m had never come
+    # (counted, m would make four and two places)
+    assert rungs.record("c", 1, -0.45, 2.0) is False
+    # m settled at epoch 2 (no rung): rung 1 stays passed, nothing is lent to it
+    assert rungs.record("m", 2, -0.9, 1.0) is None and "m" not in rungs.points[1]
+    # rung 3 judges m on its own epoch-3 values: alone there, it continues
+    assert rungs.record("m", 3, -0.8, 1.0) is True
+    assert rungs.points[3] == {"m": (-0.8, 1.0)} and "m" not in rungs.excused[3]
+    # one row excuses every rung it reaches (epochs 1..3 in one batch)
+    rungs.excuse("n", 3)
+    assert "n" in rungs.excused[1] and "n" in rungs.excused[3] and "n" not in rungs.excused[9]
+    # a restored checkpoint from before rungs excused anything: none excused
+    old = Rungs(1, 3, 10)
+    del old.excused
+    assert pickle.loads(pickle.dumps(old)).excused == {1: set(), 3: set(), 9: set()}
+
+
+def test_rebuild_excuses_the_epochs_that_were_excused():
+    rungs = Rungs(1, 3, 4)  # rungs 1 and 3
+    rungs.rebuild(
+        {("trial", 0): {1: None, 2: None, 3: (-0.7, 2.0)}, ("trial", 1): {1: (-0.5, 3.0)}}
+    )
+    assert rungs.points == {1: {("trial", 1): (-0.5, 3.0)}, 3: {("trial", 0): (-0.7, 2.0)}}
+    assert rungs.excused == {1: {("trial", 0)}, 3: set()}
+
+
 # -- the Ray Tune scheduler ----------------------------------------------------------------------
 def _row(epoch, acc, params):
     return {"epoch": epoch, "val_accuracy": acc, "params": params}
@@ -269,6 +302,56 @@ def test_scheduler_search_properties_save_restore_and_rebuild(moasha, tmp_path):
     assert t.rungs.points == s.rungs.points and t.stopped == {"x": 1}
     u = pickle.loads(pickle.dumps(s))  # Tune pickles its scheduler with the Tuner
     assert type(u) is moasha and u.stopped == {"x": 1}
+
+
+def test_scheduler_excuses_settling_rows_and_rebuilds_them(moasha):
+    from ray.tune.schedulers import TrialScheduler
+
+    s = moasha("val_accuracy", "max", max_epochs=4)  # rungs 1 and 3
+    a = [_row(1, 0.9, 100), _row(3, 0.9, 100)]
+    assert (
+        s.on_trial_result(None, SimpleNamespace(trial_id="a"), {"epoch_rows": a})
+        == TrialScheduler.CONTINUE
+    )
+    # dense and far behind at epoch 1, but settling: passes rung 1; at rung 3 a dominates it
+    m = [{**_row(1, 0.1, 1e5), "settling": 1.0}, _row(3, 0.5, 1e3)]
+    res = s.on_trial_result(None, SimpleNamespace(trial_id="m"), {"epoch_rows": m})
+    assert res == TrialScheduler.STOP and s.stopped == {"m": 3}
+    assert set(s.rungs.points[1]) == {"a"} and s.rungs.excused[1] == {"m"}
+    assert "1 passed a rung unjudged" in s.debug_string()
+    t = moasha("val_accuracy", "max", max_epochs=4)
+    t.rebuild({("trial", 0): a, ("trial", 1): m}, stopped={("trial", 1): 3})
+    assert t.rungs.points == {1: {("trial", 0): (-0.9, 2.0)}, 3: {("trial", 0): (-0.9, 2.0), ("trial", 1): (-0.5, 3.0)}}  # fmt: skip
+    assert t.rungs.excused == {1: {("trial", 1)}, 3: set()}
+
+
+def test_real_pruners_pass_the_rungs_until_their_prune_has_settled(moasha):
+    # Digits, 6 epochs, rungs 1 and 3. Magnitude prunes to 3% at the end of epoch 3: dense (at
+    # its budget's count) before, at chance that epoch, recovering after. Judged at rung 3 it
+    # was stopped there, though it ends with fewer parameters than the Gumbel trial, i.e. on
+    # the front beside it: every late pruner and lottery ticket stood to be cut this way.
+    from prunetune.search.trial import run_trial
+
+    base = {"dataset": "digits", "model": {"family": "mlp", "widths": [32]}, "threads": 1}
+    base["train"] = {"epochs": 6, "lr": 0.01}
+    gumbel = run_trial({**base, "method": {"name": "gumbel", "lam": 1.0}})
+    mag = run_trial({**base, "method": {"name": "magnitude", "density": 0.03, "prune_at": 0.5}})
+    assert not any("settling" in r for r in gumbel.history)  # learned masks: nothing scheduled
+    # the prune at step 3 × per epoch; a full epoch after it by the end of epoch 4
+    assert [r["epoch"] for r in mag.history if "settling" in r] == [1, 2, 3]
+    assert mag.history[2]["val_accuracy"] < 0.11 < mag.history[3]["val_accuracy"]
+    assert mag.metrics["params"] < gumbel.metrics["params"]
+
+    def decide(strip):
+        s = moasha("val_accuracy", "max", max_epochs=6)
+        for key, out in (("g", gumbel), ("m", mag)):
+            rows = [{k: v for k, v in r.items() if not (strip and k == "settling")} for r in out.history]  # fmt: skip
+            s.on_trial_result(None, SimpleNamespace(trial_id=key), {"epoch_rows": rows})
+        return s
+
+    assert decide(strip=True).stopped == {"m": 3}  # what the rungs did before rows said settling
+    s = decide(strip=False)
+    assert s.stopped == {} and s.rungs.excused == {1: {"m"}, 3: {"m"}}
 
 
 # Epoch-1 and epoch-3 (accuracy, params) of six trials; rungs at epochs 1 and 3 (η = 3, 4 epochs).

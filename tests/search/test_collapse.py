@@ -375,6 +375,34 @@ def test_a_fall_to_chance_at_a_scheduled_prune_waits_an_epoch_before_it_counts_a
     assert dead.metrics["collapsed"] == 1
 
 
+def test_the_collapse_probe_is_not_fooled_by_inputs_that_leave_every_unit_off():
+    # One hidden ReLU unit that fires on one pixel above what the first eight validation
+    # images show there: those eight all get the same output, the rest of the split does not.
+    # With eight inputs the check called such a model collapsed and stopped its trial
+    # (magnitude_neuron at 0.6% of Fashion-MNIST LeNet-300-100, 14 units live: stopped at
+    # 25.6%, where unstopped it ends at 41.9%).
+    import torch
+    from torch import nn
+
+    from prunetune.datasets._factory import load_data
+    from prunetune.search.trial import PROBE_INPUTS, _input_independent, _probe_inputs
+
+    data = load_data("digits")
+    probe = _probe_inputs(data)
+    first, _ = next(iter(data.eval_batches("val")))
+    assert PROBE_INPUTS == 256 and torch.equal(probe, first[:256])
+    x = probe.flatten(1)
+    p = int((x.max(0).values - x[:8].max(0).values).argmax())  # brighter later than in the 8
+    assert x[8:, p].max() > x[:8, p].max()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1], 1), nn.ReLU(), nn.Linear(1, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[0, p] = 1.0
+        model[1].bias.fill_(-float(x[:8, p].max()))
+    assert _input_independent(model, probe[:8])  # what eight inputs concluded
+    assert not _input_independent(model, probe)
+
+
 def test_chance_level_allows_for_the_noise_of_a_small_validation_split():
     from types import SimpleNamespace
 

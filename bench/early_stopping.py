@@ -9,7 +9,8 @@ finish). Same sampler, spec and seed in both arms; Ray is started once, before e
 clock starts. Tracking is off in both arms (the record is the truth; MLflow only mirrors it).
 
 The hypervolume is the product's (``_front.log_hypervolume``: validation accuracy × log10
-parameters, from the study's fixed reference), over the COMPLETE trials finished by each time.
+parameters, from the study's fixed reference), over the COMPLETE trials finished by each time
+that did not collapse (as the product's front leaves collapsed trials out).
 Figures per seed: ``t_reach`` = the first time MO-ASHA's hypervolume reaches no-stopping's at
 the end of the budget, as a fraction of the budget (``time_ratio``; inf if never), and
 ``hv_ratio_at_end`` = MO-ASHA's hypervolume at the end of the budget / no-stopping's.
@@ -70,6 +71,7 @@ def run_arm(seed: int, stopping: bool, args: argparse.Namespace) -> dict[str, An
     """One study; its completed trials' finish times (s from the arm's start) and points."""
     import optuna
 
+    from prunetune.search._record import ATTR_RESULT, is_collapsed
     from prunetune.search.runner import RunOptions, run_study
     from prunetune.search.spec import parse_spec
 
@@ -91,7 +93,9 @@ def run_arm(seed: int, stopping: bool, args: argparse.Namespace) -> dict[str, An
         ref = study.user_attrs["hv_reference"]
         done = []
         for t in study.trials:
-            if t.state.name == "COMPLETE":
+            # a collapsed trial is off the product's front and hypervolume (at chance, ~10
+            # parameters, it would still add a sliver of area above the reference accuracy 0)
+            if t.state.name == "COMPLETE" and not is_collapsed(t.user_attrs.get(ATTR_RESULT)):
                 end = t.datetime_complete.timestamp() - t0
                 done.append((end, float(t.values[0]), float(t.values[1])))
         states = [t.state.name for t in study.trials]
